@@ -1,0 +1,266 @@
+"""The `kefu` command. One table, `COMMANDS`, maps each command to the function that runs it.
+
+Exit status: 0 done; 1 bad input or a failure, explained in one paragraph; 2 a usage error.
+Results go to stdout, progress and notes to stderr (`--quiet` hides them).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from kefu import __version__
+from kefu.config import DataSource, load_config
+from kefu.console import note, settings, stdout
+from kefu.data.folder import load_stats, split_texts
+from kefu.data.ingest import ingest
+from kefu.data.readers import FORMATS
+from kefu.data.records import SPLITS
+from kefu.errors import KefuError
+from kefu.project import build, init
+from kefu.text.tokenizer import ChatTokenizer, train_tokenizer
+
+
+def init_command(
+    folder: Annotated[Path, typer.Argument(help="Folder for the new project (created if missing).")],
+    name: Annotated[str | None, typer.Option(help="Project name (default: the folder's name).")] = None,
+) -> None:
+    """Write a commented starter project: kefu.yaml and small sample data."""
+    project_file = init(folder, name)
+    stdout.print(f"created {project_file}; next: kefu build {folder}")
+
+
+def build_command(
+    project: Annotated[Path, typer.Argument(help="Project folder (or its kefu.yaml).")],
+    force: Annotated[bool, typer.Option(help="Rebuild everything, even what is up to date.")] = False,
+) -> None:
+    """Build a project: ingest its data sets and train its tokenizer, reusing what is up to date."""
+    result = build(project, force)
+    for name, folder in result.data.items():
+        _print_stats(load_stats(folder), title=f"data set {name!r} ({folder})")
+    stdout.print(f"tokenizer: {result.tokenizer}")
+    stdout.print(f"rebuilt: {', '.join(result.rebuilt) or 'nothing'}; up to date: {', '.join(result.up_to_date) or 'nothing'}")
+
+
+def config_check(
+    files: Annotated[list[Path], typer.Argument(help="YAML files to validate.")],
+) -> None:
+    """Validate config files (projects and recipes); every problem is listed with file:line."""
+    for path in files:
+        config = load_config(path)
+        stdout.print(f"ok: {path} is a valid {config.kind} config")
+
+
+def _key_values(pairs: list[str], option: str) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise KefuError(f"{option} {pair!r}: expected NAME=VALUE")
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+def _split_shares(text: str) -> dict[str, float]:
+    parts = text.replace(",", "/").split("/")
+    try:
+        shares = [float(p) for p in parts]
+    except ValueError:
+        shares = []
+    if len(shares) != 3:
+        raise KefuError(f"--split {text!r}: expected three shares TRAIN/VALID/TEST, e.g. 80/10/10")
+    total = sum(shares)
+    return {name: share / total for name, share in zip(SPLITS, shares, strict=True)}
+
+
+def data_ingest(
+    inputs: Annotated[list[str] | None, typer.Argument(help="Input files or glob patterns.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Data folder to write (replaced if it exists).")] = ...,
+    format: Annotated[str | None, typer.Option("--format", "-f", help=f"Input format: {', '.join(FORMATS)}.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="A `kind: data` YAML recipe; options given here override it.")] = None,
+    column: Annotated[list[str] | None, typer.Option(help="FIELD=COLUMN, e.g. role=sender (csv, intents, faq). Repeatable.")] = None,
+    role: Annotated[list[str] | None, typer.Option(help="SPEAKER=ROLE for speaker names kefu cannot guess. Repeatable.")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding of the inputs, e.g. gb18030 (default utf-8).")] = None,
+    redact: Annotated[bool | None, typer.Option("--redact/--no-redact", help="Redact personal data (default on).")] = None,
+    allow: Annotated[list[str] | None, typer.Option(help="A string never redacted (your own hotline). Repeatable.")] = None,
+    lowercase: Annotated[bool | None, typer.Option("--lowercase/--keep-case", help="Lower-case all text (default off).")] = None,
+    dedupe: Annotated[bool | None, typer.Option("--dedupe/--keep-duplicates", help="Drop exact duplicates (default on).")] = None,
+    split: Annotated[str | None, typer.Option(help="TRAIN/VALID/TEST shares, e.g. 80/10/10 (the default).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split (default 0).")] = None,
+) -> None:
+    """Turn raw chat logs, labelled utterances or FAQs into a clean, redacted, split data folder."""
+    base: dict[str, Any] = {}
+    if recipe is not None:
+        base = load_config(recipe, kind="data").model_dump(exclude={"kind"})
+    overrides = {
+        "format": format,
+        "inputs": inputs or None,
+        "columns": _key_values(column or [], "--column") or None,
+        "roles": _key_values(role or [], "--role") or None,
+        "encoding": encoding,
+        "lowercase": lowercase,
+        "dedupe": dedupe,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if redact is not None or allow:
+        base["redact"] = {**base.get("redact", {}), **({"enabled": redact} if redact is not None else {})}
+        if allow:
+            base["redact"]["allow"] = [*base["redact"].get("allow", []), *allow]
+    if split is not None or seed is not None:
+        base["split"] = {**base.get("split", {}), **(_split_shares(split) if split else {})}
+        if seed is not None:
+            base["split"]["seed"] = seed
+    if "format" not in base:
+        raise KefuError(f"say which format the inputs are in with --format ({', '.join(FORMATS)}) or give a --recipe")
+    if "inputs" not in base:
+        raise KefuError("give the input files (or a --recipe that lists them)")
+    try:
+        source = DataSource.model_validate(base)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors())
+        raise KefuError(f"bad ingest options: {problems}") from None
+    stats = ingest(source, out)
+    _print_stats(stats, title=f"{out}")
+    if stats["rejects"]["total"]:
+        note(f"[yellow]{stats['rejects']['total']} input records rejected[/]: see {out / 'rejects.jsonl'} for file:line and why")
+
+
+def data_stats(
+    folder: Annotated[Path, typer.Argument(help="A data folder written by `kefu data ingest`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as it is.")] = False,
+) -> None:
+    """Show a data folder's counts per split: records, turns, characters, languages, PII, rejects."""
+    stats = load_stats(folder)
+    if as_json:
+        stdout.print_json(json.dumps(stats, ensure_ascii=False))
+    else:
+        _print_stats(stats, title=str(folder))
+
+
+def _print_stats(stats: dict[str, Any], title: str) -> None:
+    table = Table(title=f"{title} — {stats['kind']} from {stats['format']}", title_justify="left")
+    for heading in ("split", "records", "turns", "characters", "zh share", "en share", "labels", "PII redacted"):
+        table.add_column(heading, justify="left" if heading in ("split", "PII redacted") else "right")
+    splits = stats["splits"]
+    rows = [*((name, splits[name]) for name in SPLITS)]
+    for name, s in rows:
+        pii = ", ".join(f"{k} {v}" for k, v in s["pii"].items()) or "-"
+        table.add_row(name, f"{s['records']:,}", f"{s['turns']:,}", f"{s['characters']:,}",
+                      f"{s['share_zh']:.1%}", f"{s['share_en']:.1%}", str(s["labels"] or "-"), pii)
+    stdout.print(table)
+    rejects = stats["rejects"]
+    reasons = ", ".join(f"{k} {v}" for k, v in rejects.items() if k != "total")
+    stdout.print(
+        f"read {stats['records_read']:,} records; removed {stats['duplicates_removed']:,} duplicates; "
+        f"dropped {stats['empty_turns_dropped']:,} empty turns; merged {stats['turns_merged']:,} turns; "
+        f"rejected {rejects['total']:,}" + (f" ({reasons})" if reasons else "")
+    )
+
+
+def tokenizer_train(
+    data: Annotated[list[Path], typer.Argument(help="Data folders whose train split the tokenizer learns from.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write tokenizer.json.")] = Path("tokenizer.json"),
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size, special tokens included.")] = 8000,
+    min_frequency: Annotated[int, typer.Option(help="Minimum count of a pair to be merged.")] = 2,
+) -> None:
+    """Train a byte-level BPE tokenizer with kefu's role tokens and PII placeholders."""
+    for folder in data:
+        load_stats(folder)
+    tokenizer = train_tokenizer(split_texts(data), vocab_size, min_frequency, show_progress=not settings.quiet)
+    tokenizer.save(out)
+    stdout.print(f"wrote {out} ({tokenizer.vocab_size:,} tokens)")
+
+
+def tokenizer_encode(
+    tokenizer: Annotated[Path, typer.Argument(help="tokenizer.json (or the folder holding it).")],
+    text: Annotated[str, typer.Argument(help="Text to encode.")],
+) -> None:
+    """Show how a text is cut into tokens, with their ids."""
+    chat = ChatTokenizer.load(tokenizer)
+    ids = chat.encode(text)
+    stdout.print(f"{len(ids)} tokens: " + " ".join(f"{piece!r}:{i}" for piece, i in zip(chat.tokens(text), ids, strict=True)))
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "init": init_command,
+    "build": build_command,
+    "config check": config_check,
+    "data ingest": data_ingest,
+    "data stats": data_stats,
+    "tokenizer train": tokenizer_train,
+    "tokenizer encode": tokenizer_encode,
+}
+GROUPS = {
+    "config": "Validate project files and recipes.",
+    "data": "Ingest chat logs, labelled utterances and FAQs; inspect data folders.",
+    "tokenizer": "Train and inspect the byte-level BPE tokenizer.",
+}
+
+
+def _friendly(command: Callable[..., None]) -> Callable[..., None]:
+    """Turn a KefuError into one paragraph on stderr and exit status 1; likewise for bugs."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KefuError as err:
+            typer.secho(f"error: {err}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        except (KeyboardInterrupt, typer.Exit, typer.Abort):
+            raise
+        except Exception as err:
+            if os.environ.get("KEFU_DEBUG"):
+                raise
+            typer.secho(
+                f"internal error: {type(err).__name__}: {err}. This is a bug in kefu, not in your "
+                "input; rerun with KEFU_DEBUG=1 for the traceback and report it.",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"kefu {__version__}")
+        raise typer.Exit()
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer(
+        help="kefu (客服): build a customer-service assistant from your own support logs.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+
+    @app.callback()
+    def main_options(
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")] = False,
+        version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    ) -> None:
+        settings.quiet = quiet
+
+    groups = {name: typer.Typer(help=text, no_args_is_help=True) for name, text in GROUPS.items()}
+    for name, group in groups.items():
+        app.add_typer(group, name=name)
+    for name, command in COMMANDS.items():
+        group, _, leaf = name.rpartition(" ")
+        (groups[group] if group else app).command(leaf)(_friendly(command))
+    return app
+
+
+def main() -> None:
+    make_app()(prog_name="kefu")
+

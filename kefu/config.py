@@ -1,0 +1,309 @@
+"""Typed configs: YAML in, pydantic models out, and errors that name the file, line and key.
+
+Every YAML file kefu reads starts with `kind:`, which picks its model from `CONFIG_KINDS`.
+Relative paths inside a file are resolved against the folder the file is in, so a project or a
+recipe works from whatever directory the command is run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from kefu.data.readers import FORMATS
+from kefu.data.pii import PII_TYPES
+from kefu.errors import KefuError
+
+Language = Literal["en", "zh"]
+Role = Literal["system", "user", "assistant"]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo must never silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _resolve(path: str, info: ValidationInfo) -> str:
+    """Expand ~ and $VARS, and anchor a relative path at the config file's folder."""
+    expanded = os.path.expandvars(os.path.expanduser(path))
+    base = (info.context or {}).get("base_dir")
+    if base is None or Path(expanded).is_absolute():
+        return expanded
+    return str(Path(base) / expanded)
+
+
+class SplitConfig(StrictModel):
+    """How records are divided into train/valid/test when the source does not say."""
+
+    train: float = Field(0.8, ge=0, le=1, description="Share of conversations for training.")
+    valid: float = Field(0.1, ge=0, le=1, description="Share for validation (model selection).")
+    test: float = Field(0.1, ge=0, le=1, description="Share held out for the final evaluation.")
+    seed: int = Field(0, description="Changes which records land in which split, reproducibly.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + valid + test must add up to 1, got {total:g}")
+        return self
+
+
+class RedactConfig(StrictModel):
+    """Personal data replaced by typed placeholders before anything is written."""
+
+    enabled: bool = Field(True, description="Redact personal data (on by default).")
+    types: list[str] = Field(
+        default_factory=lambda: list(PII_TYPES), description="Which kinds of personal data."
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Strings never redacted, such as the company's own hotline and e-mail.",
+    )
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in PII_TYPES]
+        if unknown:
+            raise ValueError(f"unknown PII type {unknown[0]!r}; valid types: {', '.join(PII_TYPES)}")
+        return value
+
+
+class DataSource(StrictModel):
+    """One body of input data: its format, files and how to clean and split it."""
+
+    format: str = Field(description="Input format; one of kefu.data.readers.FORMATS.")
+    inputs: list[str] = Field(min_length=1, description="Files or glob patterns to read.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical field → column name in the source (csv, intents, faq formats).",
+    )
+    roles: dict[str, Role] = Field(
+        default_factory=dict, description="Extra speaker names → role, e.g. {Alice: assistant}."
+    )
+    encoding: str = Field("utf-8", description="Text encoding of the input files (e.g. gb18030).")
+    lowercase: bool = Field(False, description="Lower-case all text (off: case carries meaning).")
+    dedupe: bool = Field(True, description="Drop exact duplicate records.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Train/valid/test shares.")
+    redact: RedactConfig = Field(default_factory=RedactConfig, description="PII redaction.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown format {value!r}; valid formats: {', '.join(FORMATS)}")
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _resolve_inputs(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return [_resolve(p, info) for p in value]
+
+    @model_validator(mode="after")
+    def _known_columns(self) -> DataSource:
+        fields = FORMATS[self.format].fields
+        for name in self.columns:
+            if name not in fields:
+                valid = ", ".join(fields) or "none (this format has fixed field names)"
+                raise ValueError(
+                    f"format {self.format!r} has no field {name!r} to map; valid fields: {valid}"
+                )
+        return self
+
+
+class DataRecipe(DataSource):
+    """A stand-alone data recipe (`kefu data ingest --recipe FILE`)."""
+
+    kind: Literal["data"]
+
+
+class TokenizerConfig(StrictModel):
+    """The project's byte-level BPE tokenizer."""
+
+    vocab_size: int = Field(8000, ge=300, le=262144, description="Tokens in the vocabulary.")
+    min_frequency: int = Field(2, ge=1, description="A merge must occur this often to be learnt.")
+    data: list[str] = Field(
+        default_factory=list, description="Data sets (names under `data`) to learn from; all if empty."
+    )
+
+
+class KnowledgeBaseConfig(StrictModel):
+    """Where the assistant's grounded answers come from."""
+
+    sources: list[str] = Field(
+        default_factory=list, description="Data sets of format `faq` that form the knowledge base."
+    )
+
+
+class AssistantConfig(StrictModel):
+    """How the assistant presents itself to customers."""
+
+    name: str = Field("Assistant", description="Name shown on the chat page.")
+    greeting: dict[Language, str] = Field(
+        default_factory=dict, description="First message per language."
+    )
+
+
+class ProjectConfig(StrictModel):
+    """A kefu project (`kefu.yaml`): its data, tokenizer, knowledge base and assistant."""
+
+    kind: Literal["project"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Short name used in run names.")
+    description: str = Field("", description="One line on what this assistant is for.")
+    languages: list[Language] = Field(["en"], min_length=1, description="Customer languages.")
+    build_dir: str = Field("build", description="Where `kefu build` writes its outputs.")
+    data: dict[str, DataSource] = Field(description="Named data sets to ingest.")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer.")
+    knowledge_base: KnowledgeBaseConfig = Field(
+        default_factory=KnowledgeBaseConfig, description="FAQ sources for grounded answers."
+    )
+    assistant: AssistantConfig = Field(default_factory=AssistantConfig, description="Persona.")
+
+    @field_validator("build_dir")
+    @classmethod
+    def _resolve_build_dir(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> ProjectConfig:
+        for section, names in (
+            ("tokenizer.data", self.tokenizer.data),
+            ("knowledge_base.sources", self.knowledge_base.sources),
+        ):
+            for name in names:
+                if name not in self.data:
+                    raise ValueError(
+                        f"{section} names data set {name!r}, which is not under `data`; "
+                        f"defined data sets: {', '.join(self.data) or 'none'}"
+                    )
+        for name in self.knowledge_base.sources:
+            if self.data[name].format != "faq":
+                raise ValueError(
+                    f"knowledge_base.sources: data set {name!r} has format "
+                    f"{self.data[name].format!r}; a knowledge base is built from format 'faq'"
+                )
+        return self
+
+
+CONFIG_KINDS: dict[str, type[StrictModel]] = {
+    "project": ProjectConfig,
+    "data": DataRecipe,
+}
+
+
+class ConfigError(KefuError):
+    """A config file that does not match its model; the message lists every problem."""
+
+
+def load_config(path: str | Path, kind: str | None = None) -> Any:
+    """Read a YAML config, pick its model by `kind`, validate, and return the model.
+
+    Args:
+        path: the YAML file.
+        kind: the kind the caller needs; a file of another kind is an error.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of keys starting with `kind:` "
+            f"(one of {', '.join(CONFIG_KINDS)}), got {type(data).__name__}"
+        )
+    found = data.get("kind")
+    if found not in CONFIG_KINDS:
+        hint = f"; expected `kind: {kind}`" if kind else ""
+        raise ConfigError(
+            f"{path}:{lines.get(('kind',), 1)}: kind: {found!r} is not a config kind; "
+            f"valid kinds: {', '.join(CONFIG_KINDS)}{hint}"
+        )
+    if kind is not None and found != kind:
+        raise ConfigError(f"{path}: this is a {found!r} config; this command needs `kind: {kind}`")
+    model = CONFIG_KINDS[found]
+    try:
+        return model.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as err:
+        problems = [_describe(e, path, lines, model) for e in err.errors()]
+        raise ConfigError(f"{path} is not a valid {found} config:\n" + "\n".join(problems)) from None
+
+
+def _describe(error: Any, path: Path, lines: dict[tuple, int], model: type[BaseModel]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), 1)
+    if error["type"] == "extra_forbidden":
+        valid = _field_names(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else ""
+        return f"  {path}:{line}: {key}: unknown key{hint} Valid keys here: {', '.join(valid)}"
+    message = error["msg"].removeprefix("Value error, ")
+    got = f" (got {error['input']!r})" if error["type"] != "missing" and "input" in error else ""
+    return f"  {path}:{line}: {key}: {message}{got}"
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys of the mapping at `loc` inside `model` (dict keys and list indexes skipped)."""
+    node: Any = model
+    parts = list(loc)
+    while parts:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(parts.pop(0)))
+            if field is None:
+                return []
+            node = field.annotation
+            continue
+        origin, args = typing.get_origin(node), typing.get_args(node)
+        if origin in (typing.Union, types.UnionType):
+            node = next((a for a in args if a is not type(None)), None)
+        elif origin in (list, dict):
+            parts.pop(0)
+            node = args[-1]
+        else:
+            return []
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _key_lines(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, key_node.value)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = (*prefix, index)
+            lines[path] = item.start_mark.line + 1
+            lines.update(_key_lines(item, path))
+    return lines

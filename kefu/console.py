@@ -1,0 +1,68 @@
+"""What commands show a person: one stderr console, progress bars with rate and ETA, `--quiet`.
+
+Results a script may parse go to stdout; progress and notes go to stderr, and `--quiet`
+silences them.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+
+
+class _Settings:
+    quiet = False
+
+
+settings = _Settings()
+
+
+class _ItemRate(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s", style="cyan")
+
+
+def progress(unit: str = "bytes") -> Progress:
+    """A progress bar that shows rate and ETA; `unit` is "bytes" or a noun such as "records"."""
+    counts: list[ProgressColumn] = (
+        [DownloadColumn(), TransferSpeedColumn()]
+        if unit == "bytes"
+        else [MofNCompleteColumn(), _ItemRate(unit)]
+    )
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        *counts,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=settings.quiet,
+        transient=False,
+    )
+
+
+def note(message: str) -> None:
+    """A line for the person running the command (hidden by --quiet)."""
+    if not settings.quiet:
+        stderr.print(message)

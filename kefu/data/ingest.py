@@ -1,0 +1,250 @@
+"""`kefu data ingest`: raw files in, a clean, private, split data folder out.
+
+    inputs ─ reader ─► normalise ─► redact PII ─► drop empty / merge turns ─► dedupe ─► split
+                 └─► rejects.jsonl (file, line, reason, raw text — PII redacted there too)
+
+The folder is written next to its final place and renamed into it at the end, so a failed run
+never leaves half a data set behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import IO, Any
+
+from kefu import __version__
+from kefu.config import DataSource, SplitConfig
+from kefu.console import progress
+from kefu.data.normalise import count_scripts, language_of, normalise_text
+from kefu.data.pii import PLACEHOLDER_PATTERN, Redactor
+from kefu.data.readers import FORMATS, ReadOptions, SourceFile
+from kefu.data.records import SPLITS, Record, Reject
+from kefu.errors import KefuError
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files named by paths or glob patterns, in a stable order; a pattern matching none is an error."""
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if Path(m).is_file()]
+        if not matches:
+            raise KefuError(f"input {pattern!r} matches no file; check the path (relative paths in a YAML file are relative to that file)")
+        files.extend(Path(m) for m in matches if Path(m) not in files)
+    return files
+
+
+def hash_split(key: str, split: SplitConfig) -> str:
+    """train/valid/test from a hash of `key`: the same key lands in the same split on every run."""
+    digest = hashlib.blake2b(f"{split.seed}:{key}".encode(), digest_size=8).digest()
+    share = int.from_bytes(digest, "big") / 2**64
+    if share < split.train:
+        return "train"
+    return "valid" if share < split.train + split.valid else "test"
+
+
+def stratified_split(records: list[Record], split: SplitConfig) -> None:
+    """Assign splits per label so each split keeps the label mix; records with a split keep it.
+
+    When the source gives train and test but no valid split, valid is cut from train the same way,
+    so model selection never has to look at the test set.
+    """
+    given = {r.split for r in records if r.split}
+    cut_valid = "valid" not in given and "train" in given
+    by_label: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        if record.split is None or (cut_valid and record.split == "train"):
+            by_label[record.label].append(record)
+    shares = split
+    if cut_valid:
+        valid_share = split.valid / (split.train + split.valid) if split.train + split.valid else 0
+        shares = SplitConfig(train=1 - valid_share, valid=valid_share, test=0, seed=split.seed)
+    for group in by_label.values():
+        group.sort(key=lambda r: hashlib.blake2b(f"{split.seed}:{r.id}".encode(), digest_size=8).digest())
+        n_valid = round(len(group) * shares.valid)
+        n_test = round(len(group) * shares.test)
+        for index, record in enumerate(group):
+            record.split = "valid" if index < n_valid else "test" if index < n_valid + n_test else "train"
+
+
+class SplitStats:
+    """Counts for one split: records, turns, characters, script shares, languages, PII."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.turns = 0
+        self.characters = 0
+        self.chinese = 0
+        self.latin = 0
+        self.languages: Counter[str] = Counter()
+        self.labels: Counter[str] = Counter()
+        self.pii: Counter[str] = Counter()
+
+    def add(self, record: Record, language: str, chinese: int, latin: int, characters: int) -> None:
+        self.records += 1
+        self.turns += len(record.turns) if record.kind == "conversations" else 1
+        self.characters += characters
+        self.chinese += chinese
+        self.latin += latin
+        self.languages[language] += 1
+        if record.kind != "conversations":
+            self.labels[record.label] += 1
+
+    def to_json(self) -> dict[str, Any]:
+        letters = self.chinese + self.latin
+        return {
+            "records": self.records,
+            "turns": self.turns,
+            "characters": self.characters,
+            "share_zh": round(self.chinese / letters, 4) if letters else 0.0,
+            "share_en": round(self.latin / letters, 4) if letters else 0.0,
+            "languages": dict(sorted(self.languages.items())),
+            "labels": len(self.labels),
+            "pii": dict(sorted(self.pii.items())),
+        }
+
+
+class _Writer:
+    """Writes records to their split files and rejects to rejects.jsonl, and counts both."""
+
+    def __init__(self, folder: Path, reject_redactor: Redactor) -> None:
+        self.files: dict[str, IO[str]] = {s: open(folder / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}  # noqa: SIM115
+        self.rejects_file = open(folder / "rejects.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        self.reject_redactor = reject_redactor
+        self.stats = {s: SplitStats() for s in SPLITS}
+        self.rejects: Counter[str] = Counter()
+
+    def record(self, record: Record, pii: Counter[str]) -> None:
+        characters = chinese = latin = 0
+        for text in record.texts():
+            characters += len(text)
+            if "[" in text:  # placeholders are not English words
+                text = PLACEHOLDER_PATTERN.sub("", text)
+            zh, en = count_scripts(text)
+            chinese += zh
+            latin += en
+        language = language_of(chinese, latin)
+        stats = self.stats[record.split or "train"]
+        stats.add(record, language, chinese, latin, characters)
+        stats.pii.update(pii)
+        self.files[record.split or "train"].write(json.dumps(record.to_json(language), ensure_ascii=False) + "\n")
+
+    def reject(self, reject: Reject) -> None:
+        self.rejects[reject.code] += 1
+        entry = reject.to_json()
+        entry["raw"] = self.reject_redactor(entry["raw"])
+        self.rejects_file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        for handle in (*self.files.values(), self.rejects_file):
+            handle.close()
+
+
+def ingest(source: DataSource, out_dir: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Read, clean, redact, dedupe and split `source` into `out_dir`; return its stats.
+
+    Args:
+        source: the data source (format, inputs and cleaning options).
+        out_dir: the data folder to (re)create: train/valid/test.jsonl, stats.json, rejects.jsonl.
+        name: the data set's name in stats.json (default: the folder's name).
+    """
+    out_dir = Path(out_dir)
+    fmt = FORMATS[source.format]
+    files = expand_inputs(source.inputs)
+    options = ReadOptions(dict(source.columns), dict(source.roles), source.encoding)
+    redactor = Redactor(source.redact.types, source.redact.allow) if source.redact.enabled else None
+
+    def fix(text: str) -> str:
+        text = normalise_text(text, source.lowercase)
+        return redactor(text) if redactor else text
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the data folder should not be
+    started = time.perf_counter()
+    try:
+        writer = _Writer(staging, Redactor(source.redact.types, source.redact.allow))
+        counts: Counter[str] = Counter()
+        seen: dict[bytes, tuple[str, str | None]] = {}
+        held: list[tuple[Record, Counter[str]]] = []
+        with progress("bytes") as bar:
+            task = bar.add_task("ingest", total=sum(f.stat().st_size for f in files))
+            done = 0
+            for path in files:
+                src = SourceFile(path, source.encoding)
+                bar.update(task, description=f"ingest {path.name}")
+                for number, item in enumerate(fmt.read(src, options)):
+                    if number % 512 == 0:
+                        bar.update(task, completed=done + src.position)
+                    if isinstance(item, Reject):
+                        writer.reject(item)
+                        continue
+                    counts["read"] += 1
+                    if redactor:
+                        redactor.counts.clear()
+                    item.clean(fix)
+                    pii = Counter(redactor.counts) if redactor and redactor.counts else Counter()
+                    if item.kind == "conversations":
+                        counts["empty_turns_dropped"] += item.dropped_turns
+                        counts["turns_merged"] += item.merged_turns
+                    problem = item.problem()
+                    if problem:
+                        writer.reject(Reject(item.file, item.line, *problem, item.raw))
+                        continue
+                    # Splits given by the source are kept as published, so benchmark test
+                    # sets keep their size and contents.
+                    key = hashlib.blake2b(repr(item.dedupe_key()).encode(), digest_size=16).digest()
+                    label = getattr(item, "label", None)
+                    if item.split is None and key in seen:
+                        first_at, first_label = seen[key]
+                        if label != first_label:
+                            reason = f"same text as {first_at} but labelled {label!r} here and {first_label!r} there; fix one of them"
+                            writer.reject(Reject(item.file, item.line, "label_conflict", reason, item.raw))
+                            continue
+                        if source.dedupe:
+                            counts["duplicates"] += 1
+                            continue
+                    else:
+                        seen[key] = (f"{item.file}:{item.line}", label)
+                    if item.kind == "conversations":
+                        item.split = hash_split(item.id, source.split)
+                        writer.record(item, pii)
+                    else:
+                        held.append((item, pii))
+                done += src.size
+                bar.update(task, completed=done)
+        if held:
+            stratified_split([record for record, _ in held], source.split)
+            for record, pii in held:
+                writer.record(record, pii)
+        writer.close()
+        stats = {
+            "name": name or out_dir.name,
+            "kind": fmt.kind,
+            "format": source.format,
+            "inputs": [str(f) for f in files],
+            "kefu_version": __version__,
+            "seconds": round(time.perf_counter() - started, 3),
+            "records_read": counts["read"],
+            "duplicates_removed": counts["duplicates"],
+            "empty_turns_dropped": counts["empty_turns_dropped"],
+            "turns_merged": counts["turns_merged"],
+            "rejects": {"total": sum(writer.rejects.values()), **dict(sorted(writer.rejects.items()))},
+            "pii": dict(sorted(sum((s.pii for s in writer.stats.values()), Counter()).items())),
+            "splits": {s: writer.stats[s].to_json() for s in SPLITS},
+        }
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return stats

@@ -1,0 +1,123 @@
+"""A kefu project: a folder with `kefu.yaml`. `kefu init` writes one; `kefu build` builds it.
+
+`build` ingests every data set and trains the tokenizer into the project's build folder. Each
+step records a fingerprint of what it was made from (its config and the bytes of its inputs) in
+`build/state.json` and is skipped on the next run when nothing changed, so a second `make run`
+takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kefu.config import ProjectConfig, load_config
+from kefu.console import note, settings
+from kefu.data.folder import split_texts
+from kefu.data.ingest import expand_inputs, ingest
+from kefu.errors import KefuError
+from kefu.text.tokenizer import train_tokenizer
+
+PROJECT_FILE = "kefu.yaml"
+
+
+def load_project(path: str | Path) -> ProjectConfig:
+    """The project config of a project folder (or of a kefu.yaml given directly)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PROJECT_FILE
+    return load_config(path, kind="project")
+
+
+@dataclass
+class BuildResult:
+    """What `build` made and what it found up to date."""
+
+    build_dir: Path
+    data: dict[str, Path] = field(default_factory=dict)
+    tokenizer: Path | None = None
+    rebuilt: list[str] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)
+
+
+def _fingerprint(settings_json: str, files: list[Path] = (), parts: list[str] = ()) -> str:
+    digest = hashlib.sha256(settings_json.encode())
+    for path in files:
+        digest.update(str(path).encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    for part in parts:
+        digest.update(part.encode())
+    return digest.hexdigest()
+
+
+def build(project: str | Path, force: bool = False) -> BuildResult:
+    """Ingest the project's data sets and train its tokenizer, skipping what is up to date.
+
+    Args:
+        project: the project folder or its kefu.yaml.
+        force: rebuild everything even if nothing changed.
+    """
+    config = load_project(project)
+    result = BuildResult(Path(config.build_dir))
+    state_path = result.build_dir / "state.json"
+    state: dict[str, Any] = {} if force or not state_path.exists() else json.loads(state_path.read_text())
+
+    def step(name: str, fingerprint: str, output: Path, make: Any) -> None:
+        if state.get(name) == fingerprint and output.exists():
+            result.up_to_date.append(name)
+            note(f"[green]✓[/] {name} is up to date ({output})")
+            return
+        make()
+        state[name] = fingerprint
+        result.rebuilt.append(name)
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps(state, indent=2) + "\n")
+
+    for name, source in config.data.items():
+        out = result.build_dir / "data" / name
+        fingerprint = _fingerprint(source.model_dump_json(), expand_inputs(source.inputs))
+        step(f"data/{name}", fingerprint, out / "stats.json", lambda s=source, o=out, n=name: ingest(s, o, n))
+        result.data[name] = out
+
+    names = config.tokenizer.data or list(config.data)
+    folders = [result.data[n] for n in names]
+    tokenizer_path = result.build_dir / "tokenizer.json"
+
+    def make_tokenizer() -> None:
+        note(f"training a {config.tokenizer.vocab_size}-token tokenizer on {', '.join(names)}")
+        tokenizer = train_tokenizer(
+            split_texts(folders),
+            config.tokenizer.vocab_size,
+            config.tokenizer.min_frequency,
+            show_progress=not settings.quiet,
+        )
+        tokenizer.save(tokenizer_path)
+
+    fingerprint = _fingerprint(config.tokenizer.model_dump_json(), parts=[state[f"data/{n}"] for n in names])
+    step("tokenizer", fingerprint, tokenizer_path, make_tokenizer)
+    result.tokenizer = tokenizer_path
+    return result
+
+
+def init(target: str | Path, name: str | None = None) -> Path:
+    """Write a commented starter project into `target` (which must not hold a project yet)."""
+    target = Path(target)
+    if (target / PROJECT_FILE).exists():
+        raise KefuError(f"{target / PROJECT_FILE} already exists; choose an empty folder or edit that file")
+    template = resources.files("kefu") / "templates" / "project"
+    with resources.as_file(template) as source:
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    project_file = target / PROJECT_FILE
+    project_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or target.resolve().name)
+    text = project_file.read_text(encoding="utf-8").replace("name: my_assistant", f"name: {project_name}")
+    project_file.write_text(text, encoding="utf-8")
+    load_project(target)  # the starter must always be valid
+    return project_file
