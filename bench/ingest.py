@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ PII = " my phone is 138 1234 5678 and email a.b@example.com"
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 PHONE = re.compile(r"\+?\d[\d -]{6,}\d")
 
+COLUMNS = ("job", "impl", "turns", "seconds", "turns/s", "peak RSS MiB", "Δ RSS MiB", "kefu ÷ base")
 Turns = list[tuple[str, str]]
 
 
@@ -86,30 +88,25 @@ def baseline(fmt: str, path: Path, out: Path) -> int:
 def run_job(impl: str, fmt: str, path: str, out: str, core: int) -> dict[str, Any]:
     """In a fresh child: pin to one core, run one job, report time, turns written and memory."""
     os.sched_setaffinity(0, {core})
-    if impl == "kefu":
+    job: Callable[[], Any] = partial(baseline, fmt, Path(path), Path(out))
+    if impl == "kefu":  # imported here, so baseline children do not load kefu
         from kefu.config import DataSource
         from kefu.console import settings
         from kefu.data.ingest import ingest
 
         settings.quiet = True
-        source = DataSource(format=fmt, inputs=[path])  # redaction is on by default
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        job = partial(ingest, DataSource(format=fmt, inputs=[path]), out)  # redaction on
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     started = time.perf_counter()
-    if impl == "kefu":
-        stats = ingest(source, out)
-        written = sum(split["turns"] for split in stats["splits"].values())
-        extra = {"duplicates": stats["duplicates_removed"], "pii": stats["pii"]}
-    else:
-        written, extra = baseline(fmt, Path(path), Path(out)), {}
+    result = job()
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {
-        "seconds": seconds,
-        "written": written,
-        "peak_mib": peak / 1024,
-        "delta_mib": (peak - before) / 1024,
-        **extra,
-    }
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = {"seconds": seconds, "peak_mib": peak / 1024, "delta_mib": (peak - before) / 1024}
+    if impl == "kefu":
+        written = sum(split["turns"] for split in result["splits"].values())
+        duplicates, pii = result["duplicates_removed"], result["pii"]
+        return {**report, "written": written, "duplicates": duplicates, "pii": pii}
+    return {**report, "written": result}
 
 
 def make_synthetic(star: Path, out: Path, repeat: int) -> tuple[int, int]:
@@ -146,19 +143,13 @@ def show(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="ingest: kefu vs plain json.loads + re (one core, redaction on)")
-    for column in ("job", "impl", "turns", "seconds", "turns/s", "peak RSS MiB", "kefu ÷ base"):
+    for column in COLUMNS:
         table.add_column(column, justify="left" if column in ("job", "impl") else "right")
     for row in rows:
         ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""
-        table.add_row(
-            row["job"],
-            row["impl"],
-            f"{row['turns']:,}",
-            f"{row['seconds']:.2f}",
-            f"{row['rate']:,.0f}",
-            f"{row['peak_mib']:.0f}",
-            ratio,
-        )
+        numbers = (f"{row['turns']:,}", f"{row['seconds']:.2f}", f"{row['rate']:,.0f}")
+        memory = (f"{row['peak_mib']:.0f}", f"{row['delta_mib']:.0f}")
+        table.add_row(row["job"], row["impl"], *numbers, *memory, ratio)
     Console(width=110).print(table)
 
 
@@ -186,7 +177,9 @@ def main() -> None:
         ]
         rows, figures = [], {"bench": "ingest", "repeat": repeat}
         for job, fmt, path, turns in jobs:
-            base = in_child(run_job, "baseline", fmt, str(path), str(work / f"{job}-base"), core)
+            base = in_child(
+                run_job, "baseline", fmt, str(path), str(work / f"{job}-base.jsonl"), core
+            )
             kefu = in_child(run_job, "kefu", fmt, str(path), str(work / f"{job}-kefu"), core)
             assert base["written"] == turns, (job, base["written"], turns)
             for impl, result in (("kefu", kefu), ("baseline", base)):
@@ -194,10 +187,12 @@ def main() -> None:
                 rows.append({"job": job, "impl": impl, "turns": turns, "rate": rate, **result})
                 figures[f"{job}_{impl}_turns_per_s"] = round(rate)
                 figures[f"{job}_{impl}_peak_rss_mib"] = round(result["peak_mib"], 1)
-            rows[-2]["ratio"] = rows[-2]["rate"] / rows[-1]["rate"]
+                figures[f"{job}_{impl}_job_rss_mib"] = round(result["delta_mib"], 1)
+            rows[-2]["ratio"] = rows[-2]["rate"] / rows[-1]["rate"]  # shown on the kefu row
             figures[f"{job}_turns"] = turns
             figures[f"{job}_kefu_turns_written"] = kefu["written"]
             figures[f"{job}_kefu_duplicates"] = kefu["duplicates"]
+            figures[f"{job}_kefu_pii_redacted"] = kefu["pii"]
             figures[f"{job}_kefu_vs_baseline"] = round(rows[-2]["ratio"], 3)
         show(rows)
         slowest = min(figures["star_kefu_turns_per_s"], figures["synthetic_kefu_turns_per_s"])

@@ -30,8 +30,12 @@ from kefu.text.tokenizer import ChatTokenizer, train_tokenizer
 
 
 def init_command(
-    folder: Annotated[Path, typer.Argument(help="Folder for the new project (created if missing).")],
-    name: Annotated[str | None, typer.Option(help="Project name (default: the folder's name).")] = None,
+    folder: Annotated[
+        Path, typer.Argument(help="Folder for the new project (created if missing).")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Project name (default: the folder's name).")
+    ] = None,
 ) -> None:
     """Write a commented starter project: kefu.yaml and small sample data."""
     project_file = init(folder, name)
@@ -40,14 +44,18 @@ def init_command(
 
 def build_command(
     project: Annotated[Path, typer.Argument(help="Project folder (or its kefu.yaml).")],
-    force: Annotated[bool, typer.Option(help="Rebuild everything, even what is up to date.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild everything, even what is up to date.")
+    ] = False,
 ) -> None:
     """Build a project: ingest its data sets and train its tokenizer, reusing what is up to date."""
     result = build(project, force)
     for name, folder in result.data.items():
         _print_stats(load_stats(folder), title=f"data set {name!r} ({folder})")
     stdout.print(f"tokenizer: {result.tokenizer}")
-    stdout.print(f"rebuilt: {', '.join(result.rebuilt) or 'nothing'}; up to date: {', '.join(result.up_to_date) or 'nothing'}")
+    stdout.print(
+        f"rebuilt: {', '.join(result.rebuilt) or 'nothing'}; up to date: {', '.join(result.up_to_date) or 'nothing'}"
+    )
 
 
 def config_check(
@@ -82,18 +90,48 @@ def _split_shares(text: str) -> dict[str, float]:
 
 
 def data_ingest(
-    inputs: Annotated[list[str] | None, typer.Argument(help="Input files or glob patterns.", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Data folder to write (replaced if it exists).")] = ...,
-    format: Annotated[str | None, typer.Option("--format", "-f", help=f"Input format: {', '.join(FORMATS)}.")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="A `kind: data` YAML recipe; options given here override it.")] = None,
-    column: Annotated[list[str] | None, typer.Option(help="FIELD=COLUMN, e.g. role=sender (csv, intents, faq). Repeatable.")] = None,
-    role: Annotated[list[str] | None, typer.Option(help="SPEAKER=ROLE for speaker names kefu cannot guess. Repeatable.")] = None,
-    encoding: Annotated[str | None, typer.Option(help="Text encoding of the inputs, e.g. gb18030 (default utf-8).")] = None,
-    redact: Annotated[bool | None, typer.Option("--redact/--no-redact", help="Redact personal data (default on).")] = None,
-    allow: Annotated[list[str] | None, typer.Option(help="A string never redacted (your own hotline). Repeatable.")] = None,
-    lowercase: Annotated[bool | None, typer.Option("--lowercase/--keep-case", help="Lower-case all text (default off).")] = None,
-    dedupe: Annotated[bool | None, typer.Option("--dedupe/--keep-duplicates", help="Drop exact duplicates (default on).")] = None,
-    split: Annotated[str | None, typer.Option(help="TRAIN/VALID/TEST shares, e.g. 80/10/10 (the default).")] = None,
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help="Input files or glob patterns.", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Data folder to write (replaced if it exists).")
+    ] = ...,
+    format: Annotated[
+        str | None, typer.Option("--format", "-f", help=f"Input format: {', '.join(FORMATS)}.")
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="A `kind: data` YAML recipe; options given here override it."),
+    ] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option(help="FIELD=COLUMN, e.g. role=sender (csv, intents, faq). Repeatable."),
+    ] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(help="SPEAKER=ROLE for speaker names kefu cannot guess. Repeatable."),
+    ] = None,
+    encoding: Annotated[
+        str | None, typer.Option(help="Text encoding of the inputs, e.g. gb18030 (default utf-8).")
+    ] = None,
+    redact: Annotated[
+        bool | None, typer.Option("--redact/--no-redact", help="Redact personal data (default on).")
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="A string never redacted (your own hotline). Repeatable."),
+    ] = None,
+    lowercase: Annotated[
+        bool | None,
+        typer.Option("--lowercase/--keep-case", help="Lower-case all text (default off)."),
+    ] = None,
+    dedupe: Annotated[
+        bool | None,
+        typer.Option("--dedupe/--keep-duplicates", help="Drop exact duplicates (default on)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="TRAIN/VALID/TEST shares, e.g. 80/10/10 (the default).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the split (default 0).")] = None,
 ) -> None:
     """Turn raw chat logs, labelled utterances or FAQs into a clean, redacted, split data folder."""
@@ -111,7 +149,10 @@ def data_ingest(
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     if redact is not None or allow:
-        base["redact"] = {**base.get("redact", {}), **({"enabled": redact} if redact is not None else {})}
+        base["redact"] = {
+            **base.get("redact", {}),
+            **({"enabled": redact} if redact is not None else {}),
+        }
         if allow:
             base["redact"]["allow"] = [*base["redact"].get("allow", []), *allow]
     if split is not None or seed is not None:
@@ -119,18 +160,25 @@ def data_ingest(
         if seed is not None:
             base["split"]["seed"] = seed
     if "format" not in base:
-        raise KefuError(f"say which format the inputs are in with --format ({', '.join(FORMATS)}) or give a --recipe")
+        raise KefuError(
+            f"say which format the inputs are in with --format ({', '.join(FORMATS)}) or give a --recipe"
+        )
     if "inputs" not in base:
         raise KefuError("give the input files (or a --recipe that lists them)")
     try:
         source = DataSource.model_validate(base)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )
         raise KefuError(f"bad ingest options: {problems}") from None
     stats = ingest(source, out)
     _print_stats(stats, title=f"{out}")
     if stats["rejects"]["total"]:
-        note(f"[yellow]{stats['rejects']['total']} input records rejected[/]: see {out / 'rejects.jsonl'} for file:line and why")
+        note(
+            f"[yellow]{stats['rejects']['total']} input records rejected[/]: see {out / 'rejects.jsonl'} for file:line and why"
+        )
 
 
 def data_stats(
@@ -147,14 +195,33 @@ def data_stats(
 
 def _print_stats(stats: dict[str, Any], title: str) -> None:
     table = Table(title=f"{title} — {stats['kind']} from {stats['format']}", title_justify="left")
-    for heading in ("split", "records", "turns", "characters", "zh share", "en share", "labels", "PII redacted"):
-        table.add_column(heading, justify="left" if heading in ("split", "PII redacted") else "right")
+    for heading in (
+        "split",
+        "records",
+        "turns",
+        "characters",
+        "zh share",
+        "en share",
+        "labels",
+        "PII redacted",
+    ):
+        table.add_column(
+            heading, justify="left" if heading in ("split", "PII redacted") else "right"
+        )
     splits = stats["splits"]
     rows = [*((name, splits[name]) for name in SPLITS)]
     for name, s in rows:
         pii = ", ".join(f"{k} {v}" for k, v in s["pii"].items()) or "-"
-        table.add_row(name, f"{s['records']:,}", f"{s['turns']:,}", f"{s['characters']:,}",
-                      f"{s['share_zh']:.1%}", f"{s['share_en']:.1%}", str(s["labels"] or "-"), pii)
+        table.add_row(
+            name,
+            f"{s['records']:,}",
+            f"{s['turns']:,}",
+            f"{s['characters']:,}",
+            f"{s['share_zh']:.1%}",
+            f"{s['share_en']:.1%}",
+            str(s["labels"] or "-"),
+            pii,
+        )
     stdout.print(table)
     rejects = stats["rejects"]
     reasons = ", ".join(f"{k} {v}" for k, v in rejects.items() if k != "total")
@@ -166,15 +233,23 @@ def _print_stats(stats: dict[str, Any], title: str) -> None:
 
 
 def tokenizer_train(
-    data: Annotated[list[Path], typer.Argument(help="Data folders whose train split the tokenizer learns from.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write tokenizer.json.")] = Path("tokenizer.json"),
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary size, special tokens included.")] = 8000,
+    data: Annotated[
+        list[Path], typer.Argument(help="Data folders whose train split the tokenizer learns from.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write tokenizer.json.")] = Path(
+        "tokenizer.json"
+    ),
+    vocab_size: Annotated[
+        int, typer.Option(help="Vocabulary size, special tokens included.")
+    ] = 8000,
     min_frequency: Annotated[int, typer.Option(help="Minimum count of a pair to be merged.")] = 2,
 ) -> None:
     """Train a byte-level BPE tokenizer with kefu's role tokens and PII placeholders."""
     for folder in data:
         load_stats(folder)
-    tokenizer = train_tokenizer(split_texts(data), vocab_size, min_frequency, show_progress=not settings.quiet)
+    tokenizer = train_tokenizer(
+        split_texts(data), vocab_size, min_frequency, show_progress=not settings.quiet
+    )
     tokenizer.save(out)
     stdout.print(f"wrote {out} ({tokenizer.vocab_size:,} tokens)")
 
@@ -186,7 +261,10 @@ def tokenizer_encode(
     """Show how a text is cut into tokens, with their ids."""
     chat = ChatTokenizer.load(tokenizer)
     ids = chat.encode(text)
-    stdout.print(f"{len(ids)} tokens: " + " ".join(f"{piece!r}:{i}" for piece, i in zip(chat.tokens(text), ids, strict=True)))
+    stdout.print(
+        f"{len(ids)} tokens: "
+        + " ".join(f"{piece!r}:{i}" for piece, i in zip(chat.tokens(text), ids, strict=True))
+    )
 
 
 COMMANDS: dict[str, Callable[..., None]] = {
@@ -247,8 +325,13 @@ def make_app() -> typer.Typer:
 
     @app.callback()
     def main_options(
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")] = False,
-        version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")
+        ] = False,
+        version: Annotated[
+            bool,
+            typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        ] = False,
     ) -> None:
         settings.quiet = quiet
 
@@ -263,4 +346,3 @@ def make_app() -> typer.Typer:
 
 def main() -> None:
     make_app()(prog_name="kefu")
-

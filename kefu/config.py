@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from kefu.data.readers import FORMATS
 from kefu.data.pii import PII_TYPES
+from kefu.data.readers import FORMATS
 from kefu.errors import KefuError
 
 Language = Literal["en", "zh"]
@@ -81,7 +81,9 @@ class RedactConfig(StrictModel):
     def _known_types(cls, value: list[str]) -> list[str]:
         unknown = [t for t in value if t not in PII_TYPES]
         if unknown:
-            raise ValueError(f"unknown PII type {unknown[0]!r}; valid types: {', '.join(PII_TYPES)}")
+            raise ValueError(
+                f"unknown PII type {unknown[0]!r}; valid types: {', '.join(PII_TYPES)}"
+            )
         return value
 
 
@@ -139,7 +141,8 @@ class TokenizerConfig(StrictModel):
     vocab_size: int = Field(8000, ge=300, le=262144, description="Tokens in the vocabulary.")
     min_frequency: int = Field(2, ge=1, description="A merge must occur this often to be learnt.")
     data: list[str] = Field(
-        default_factory=list, description="Data sets (names under `data`) to learn from; all if empty."
+        default_factory=list,
+        description="Data sets (names under `data`) to learn from; all if empty.",
     )
 
 
@@ -252,7 +255,9 @@ def load_config(path: str | Path, kind: str | None = None) -> Any:
         return model.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as err:
         problems = [_describe(e, path, lines, model) for e in err.errors()]
-        raise ConfigError(f"{path} is not a valid {found} config:\n" + "\n".join(problems)) from None
+        raise ConfigError(
+            f"{path} is not a valid {found} config:\n" + "\n".join(problems)
+        ) from None
 
 
 def _describe(error: Any, path: Path, lines: dict[tuple, int], model: type[BaseModel]) -> str:

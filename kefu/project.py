@@ -68,7 +68,9 @@ def build(project: str | Path, force: bool = False) -> BuildResult:
     config = load_project(project)
     result = BuildResult(Path(config.build_dir))
     state_path = result.build_dir / "state.json"
-    state: dict[str, Any] = {} if force or not state_path.exists() else json.loads(state_path.read_text())
+    state: dict[str, Any] = (
+        {} if force or not state_path.exists() else json.loads(state_path.read_text())
+    )
 
     def step(name: str, fingerprint: str, output: Path, make: Any) -> None:
         if state.get(name) == fingerprint and output.exists():
@@ -84,7 +86,12 @@ def build(project: str | Path, force: bool = False) -> BuildResult:
     for name, source in config.data.items():
         out = result.build_dir / "data" / name
         fingerprint = _fingerprint(source.model_dump_json(), expand_inputs(source.inputs))
-        step(f"data/{name}", fingerprint, out / "stats.json", lambda s=source, o=out, n=name: ingest(s, o, n))
+        step(
+            f"data/{name}",
+            fingerprint,
+            out / "stats.json",
+            lambda s=source, o=out, n=name: ingest(s, o, n),
+        )
         result.data[name] = out
 
     names = config.tokenizer.data or list(config.data)
@@ -101,7 +108,9 @@ def build(project: str | Path, force: bool = False) -> BuildResult:
         )
         tokenizer.save(tokenizer_path)
 
-    fingerprint = _fingerprint(config.tokenizer.model_dump_json(), parts=[state[f"data/{n}"] for n in names])
+    fingerprint = _fingerprint(
+        config.tokenizer.model_dump_json(), parts=[state[f"data/{n}"] for n in names]
+    )
     step("tokenizer", fingerprint, tokenizer_path, make_tokenizer)
     result.tokenizer = tokenizer_path
     return result
@@ -111,13 +120,17 @@ def init(target: str | Path, name: str | None = None) -> Path:
     """Write a commented starter project into `target` (which must not hold a project yet)."""
     target = Path(target)
     if (target / PROJECT_FILE).exists():
-        raise KefuError(f"{target / PROJECT_FILE} already exists; choose an empty folder or edit that file")
+        raise KefuError(
+            f"{target / PROJECT_FILE} already exists; choose an empty folder or edit that file"
+        )
     template = resources.files("kefu") / "templates" / "project"
     with resources.as_file(template) as source:
         shutil.copytree(source, target, dirs_exist_ok=True)
     project_file = target / PROJECT_FILE
     project_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or target.resolve().name)
-    text = project_file.read_text(encoding="utf-8").replace("name: my_assistant", f"name: {project_name}")
+    text = project_file.read_text(encoding="utf-8").replace(
+        "name: my_assistant", f"name: {project_name}"
+    )
     project_file.write_text(text, encoding="utf-8")
     load_project(target)  # the starter must always be valid
     return project_file

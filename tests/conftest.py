@@ -20,7 +20,9 @@ settings.quiet = True
 def shared_data() -> Path:
     """The public data sets beside the project; tests that need them skip when absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data sets not found at {SHARED_DATA} (set KEFU_SHARED_DATA to their folder)")
+        pytest.skip(
+            f"real data sets not found at {SHARED_DATA} (set KEFU_SHARED_DATA to their folder)"
+        )
     return SHARED_DATA
 
 

@@ -9,6 +9,7 @@ never leaves half a data set behind.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -31,14 +32,18 @@ from kefu.errors import KefuError
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
     """Files named by paths or glob patterns, in a stable order; a pattern matching none is an error."""
-    files: list[Path] = []
+    files: dict[Path, None] = {}  # ordered and without repeats
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        matches = (
+            sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        )
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
-            raise KefuError(f"input {pattern!r} matches no file; check the path (relative paths in a YAML file are relative to that file)")
-        files.extend(Path(m) for m in matches if Path(m) not in files)
-    return files
+            raise KefuError(
+                f"input {pattern!r} matches no file; check the path (relative paths in a YAML file are relative to that file)"
+            )
+        files.update(dict.fromkeys(map(Path, matches)))
+    return list(files)
 
 
 def hash_split(key: str, split: SplitConfig) -> str:
@@ -67,44 +72,44 @@ def stratified_split(records: list[Record], split: SplitConfig) -> None:
         valid_share = split.valid / (split.train + split.valid) if split.train + split.valid else 0
         shares = SplitConfig(train=1 - valid_share, valid=valid_share, test=0, seed=split.seed)
     for group in by_label.values():
-        group.sort(key=lambda r: hashlib.blake2b(f"{split.seed}:{r.id}".encode(), digest_size=8).digest())
+        group.sort(
+            key=lambda r: hashlib.blake2b(f"{split.seed}:{r.id}".encode(), digest_size=8).digest()
+        )
         n_valid = round(len(group) * shares.valid)
         n_test = round(len(group) * shares.test)
         for index, record in enumerate(group):
-            record.split = "valid" if index < n_valid else "test" if index < n_valid + n_test else "train"
+            record.split = (
+                "valid" if index < n_valid else "test" if index < n_valid + n_test else "train"
+            )
 
 
 class SplitStats:
-    """Counts for one split: records, turns, characters, script shares, languages, PII."""
+    """Counts for one split: records, turns, characters, languages (share of records), PII."""
 
     def __init__(self) -> None:
         self.records = 0
         self.turns = 0
         self.characters = 0
-        self.chinese = 0
-        self.latin = 0
         self.languages: Counter[str] = Counter()
         self.labels: Counter[str] = Counter()
         self.pii: Counter[str] = Counter()
 
-    def add(self, record: Record, language: str, chinese: int, latin: int, characters: int) -> None:
+    def add(self, record: Record, language: str, characters: int) -> None:
         self.records += 1
         self.turns += len(record.turns) if record.kind == "conversations" else 1
         self.characters += characters
-        self.chinese += chinese
-        self.latin += latin
         self.languages[language] += 1
         if record.kind != "conversations":
             self.labels[record.label] += 1
 
     def to_json(self) -> dict[str, Any]:
-        letters = self.chinese + self.latin
+        known = self.languages["zh"] + self.languages["en"]
         return {
             "records": self.records,
             "turns": self.turns,
             "characters": self.characters,
-            "share_zh": round(self.chinese / letters, 4) if letters else 0.0,
-            "share_en": round(self.latin / letters, 4) if letters else 0.0,
+            "share_zh": round(self.languages["zh"] / known, 4) if known else 0.0,
+            "share_en": round(self.languages["en"] / known, 4) if known else 0.0,
             "languages": dict(sorted(self.languages.items())),
             "labels": len(self.labels),
             "pii": dict(sorted(self.pii.items())),
@@ -115,11 +120,22 @@ class _Writer:
     """Writes records to their split files and rejects to rejects.jsonl, and counts both."""
 
     def __init__(self, folder: Path, reject_redactor: Redactor) -> None:
-        self.files: dict[str, IO[str]] = {s: open(folder / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}  # noqa: SIM115
-        self.rejects_file = open(folder / "rejects.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        self._open_files = contextlib.ExitStack()  # closed in __exit__
+
+        def open_for_writing(name: str) -> IO[str]:
+            return self._open_files.enter_context(open(folder / name, "w", encoding="utf-8"))
+
+        self.files = {s: open_for_writing(f"{s}.jsonl") for s in SPLITS}
+        self.rejects_file = open_for_writing("rejects.jsonl")
         self.reject_redactor = reject_redactor
         self.stats = {s: SplitStats() for s in SPLITS}
         self.rejects: Counter[str] = Counter()
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._open_files.close()
 
     def record(self, record: Record, pii: Counter[str]) -> None:
         characters = chinese = latin = 0
@@ -131,10 +147,10 @@ class _Writer:
             chinese += zh
             latin += en
         language = language_of(chinese, latin)
-        stats = self.stats[record.split or "train"]
-        stats.add(record, language, chinese, latin, characters)
-        stats.pii.update(pii)
-        self.files[record.split or "train"].write(json.dumps(record.to_json(language), ensure_ascii=False) + "\n")
+        split = record.split or "train"
+        self.stats[split].add(record, language, characters)
+        self.stats[split].pii.update(pii)
+        self.files[split].write(json.dumps(record.to_json(language), ensure_ascii=False) + "\n")
 
     def reject(self, reject: Reject) -> None:
         self.rejects[reject.code] += 1
@@ -142,9 +158,69 @@ class _Writer:
         entry["raw"] = self.reject_redactor(entry["raw"])
         self.rejects_file.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
-    def close(self) -> None:
-        for handle in (*self.files.values(), self.rejects_file):
-            handle.close()
+
+class _Pipeline:
+    """What happens to each item a reader yields, up to the writer."""
+
+    def __init__(self, source: DataSource, writer: _Writer) -> None:
+        self.source = source
+        self.writer = writer
+        redact = source.redact
+        self.redactor = Redactor(redact.types, redact.allow) if redact.enabled else None
+        self.counts: Counter[str] = Counter()
+        self.seen: dict[bytes, tuple[str, str | None]] = {}  # content hash → (where, label)
+        self.held: list[tuple[Record, Counter[str]]] = []  # labelled records wait for the split
+
+    def fix(self, text: str) -> str:
+        text = normalise_text(text, self.source.lowercase)
+        return self.redactor(text) if self.redactor else text
+
+    def take(self, item: Record | Reject) -> None:
+        if isinstance(item, Reject):
+            self.writer.reject(item)
+            return
+        self.counts["read"] += 1
+        if self.redactor:
+            self.redactor.counts.clear()
+        item.clean(self.fix)
+        pii = Counter(self.redactor.counts) if self.redactor else Counter()
+        if item.kind == "conversations":
+            self.counts["empty_turns_dropped"] += item.dropped_turns
+            self.counts["turns_merged"] += item.merged_turns
+        problem = item.problem()
+        if problem:
+            self.writer.reject(Reject(item.file, item.line, *problem, item.raw))
+        elif not self._is_repeat(item):
+            if item.kind == "conversations":
+                item.split = hash_split(item.id, self.source.split)
+                self.writer.record(item, pii)
+            else:
+                self.held.append((item, pii))
+
+    def _is_repeat(self, item: Record) -> bool:
+        """Whether `item` repeats an earlier one (dropped) or contradicts its label (rejected).
+
+        Splits given by the source are kept as published, so benchmark test sets keep their size.
+        """
+        key = hashlib.blake2b(repr(item.dedupe_key()).encode(), digest_size=16).digest()
+        label = getattr(item, "label", None)
+        first = self.seen.setdefault(key, (f"{item.file}:{item.line}", label))
+        if item.split is not None or first[0] == f"{item.file}:{item.line}":
+            return False
+        if label != first[1]:
+            reason = f"same text as {first[0]} but labelled {label!r} here and {first[1]!r} there; fix one of them"
+            self.writer.reject(Reject(item.file, item.line, "label_conflict", reason, item.raw))
+            return True
+        if self.source.dedupe:
+            self.counts["duplicates"] += 1
+            return True
+        return False
+
+    def finish(self) -> None:
+        """Split the labelled records, now that all of them are known, and write them."""
+        stratified_split([record for record, _ in self.held], self.source.split)
+        for record, pii in self.held:
+            self.writer.record(record, pii)
 
 
 def ingest(source: DataSource, out_dir: str | Path, name: str | None = None) -> dict[str, Any]:
@@ -159,22 +235,14 @@ def ingest(source: DataSource, out_dir: str | Path, name: str | None = None) -> 
     fmt = FORMATS[source.format]
     files = expand_inputs(source.inputs)
     options = ReadOptions(dict(source.columns), dict(source.roles), source.encoding)
-    redactor = Redactor(source.redact.types, source.redact.allow) if source.redact.enabled else None
-
-    def fix(text: str) -> str:
-        text = normalise_text(text, source.lowercase)
-        return redactor(text) if redactor else text
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the data folder should not be
     started = time.perf_counter()
     try:
-        writer = _Writer(staging, Redactor(source.redact.types, source.redact.allow))
-        counts: Counter[str] = Counter()
-        seen: dict[bytes, tuple[str, str | None]] = {}
-        held: list[tuple[Record, Counter[str]]] = []
-        with progress("bytes") as bar:
+        reject_redactor = Redactor(source.redact.types, source.redact.allow)
+        with _Writer(staging, reject_redactor) as writer, progress("bytes") as bar:
+            pipeline = _Pipeline(source, writer)
             task = bar.add_task("ingest", total=sum(f.stat().st_size for f in files))
             done = 0
             for path in files:
@@ -183,48 +251,11 @@ def ingest(source: DataSource, out_dir: str | Path, name: str | None = None) -> 
                 for number, item in enumerate(fmt.read(src, options)):
                     if number % 512 == 0:
                         bar.update(task, completed=done + src.position)
-                    if isinstance(item, Reject):
-                        writer.reject(item)
-                        continue
-                    counts["read"] += 1
-                    if redactor:
-                        redactor.counts.clear()
-                    item.clean(fix)
-                    pii = Counter(redactor.counts) if redactor and redactor.counts else Counter()
-                    if item.kind == "conversations":
-                        counts["empty_turns_dropped"] += item.dropped_turns
-                        counts["turns_merged"] += item.merged_turns
-                    problem = item.problem()
-                    if problem:
-                        writer.reject(Reject(item.file, item.line, *problem, item.raw))
-                        continue
-                    # Splits given by the source are kept as published, so benchmark test
-                    # sets keep their size and contents.
-                    key = hashlib.blake2b(repr(item.dedupe_key()).encode(), digest_size=16).digest()
-                    label = getattr(item, "label", None)
-                    if item.split is None and key in seen:
-                        first_at, first_label = seen[key]
-                        if label != first_label:
-                            reason = f"same text as {first_at} but labelled {label!r} here and {first_label!r} there; fix one of them"
-                            writer.reject(Reject(item.file, item.line, "label_conflict", reason, item.raw))
-                            continue
-                        if source.dedupe:
-                            counts["duplicates"] += 1
-                            continue
-                    else:
-                        seen[key] = (f"{item.file}:{item.line}", label)
-                    if item.kind == "conversations":
-                        item.split = hash_split(item.id, source.split)
-                        writer.record(item, pii)
-                    else:
-                        held.append((item, pii))
+                    pipeline.take(item)
                 done += src.size
                 bar.update(task, completed=done)
-        if held:
-            stratified_split([record for record, _ in held], source.split)
-            for record, pii in held:
-                writer.record(record, pii)
-        writer.close()
+            pipeline.finish()
+        counts = pipeline.counts
         stats = {
             "name": name or out_dir.name,
             "kind": fmt.kind,
@@ -236,11 +267,13 @@ def ingest(source: DataSource, out_dir: str | Path, name: str | None = None) -> 
             "duplicates_removed": counts["duplicates"],
             "empty_turns_dropped": counts["empty_turns_dropped"],
             "turns_merged": counts["turns_merged"],
-            "rejects": {"total": sum(writer.rejects.values()), **dict(sorted(writer.rejects.items()))},
+            "rejects": {"total": writer.rejects.total(), **dict(sorted(writer.rejects.items()))},
             "pii": dict(sorted(sum((s.pii for s in writer.stats.values()), Counter()).items())),
             "splits": {s: writer.stats[s].to_json() for s in SPLITS},
         }
-        (staging / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (staging / "stats.json").write_text(
+            json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

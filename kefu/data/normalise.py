@@ -13,8 +13,18 @@ import unicodedata
 # C0/C1 controls except tab and newline, DEL, and invisible marks that only break matching.
 # The zero-width joiner (U+200D) stays: it holds multi-part emoji together.
 _INVISIBLE = dict.fromkeys(
-    [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)]
-    + [0x200B, 0x200E, 0x200F, 0x2060, 0xFEFF]
+    [
+        *range(0x00, 0x09),
+        0x0B,
+        0x0C,
+        *range(0x0E, 0x20),
+        *range(0x7F, 0xA0),
+        0x200B,
+        0x200E,
+        0x200F,
+        0x2060,
+        0xFEFF,
+    ]
 )
 # Runs of two or more spaces, or any single space that is not a plain one (tab, NBSP, U+3000):
 # plain single spaces, the common case, are not touched, which keeps this fast.

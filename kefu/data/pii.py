@@ -43,7 +43,8 @@ _PATTERNS = {
     + r"|[2-6][0-9]{3}(?:[ -][0-9]{4}){2}[ -][0-9]{1,4}"
     + r"|3[47][0-9]{2}[ -][0-9]{6}[ -][0-9]{5})"
     + _EDGE_AFTER,
-    "PHONE_INTL": r"(?<![0-9A-Za-z+])\+[1-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,5}\)?){1,6}" + _EDGE_AFTER,
+    "PHONE_INTL": r"(?<![0-9A-Za-z+])\+[1-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,5}\)?){1,6}"
+    + _EDGE_AFTER,
     "PHONE_CN_MOBILE": _EDGE_BEFORE
     + r"(?:(?:\+|00)86[ -]?)?1[3-9][0-9](?:[0-9]{8}|[ -][0-9]{4}[ -][0-9]{4})"
     + _EDGE_AFTER,
@@ -55,7 +56,9 @@ _PATTERNS = {
 }
 _EMAILS = re.compile(f"(?P<EMAIL>{_PATTERNS['EMAIL']})")
 _NUMBERS = re.compile("|".join(f"(?P<{n}>{p})" for n, p in _PATTERNS.items() if n != "EMAIL"))
-_TYPE_OF_GROUP = {name: name.split("_")[0] if name.startswith("PHONE") else name for name in _PATTERNS}
+_TYPE_OF_GROUP = {
+    name: name.split("_")[0] if name.startswith("PHONE") else name for name in _PATTERNS
+}
 _HAS_DIGIT = re.compile(r"[0-9]").search
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
@@ -128,4 +131,6 @@ class Redactor:
 
     def _is_allowed(self, found: str) -> bool:
         key = _alnum_key(found)
-        return any(key.endswith(a) or a.endswith(key) for a in self._allowed if min(len(a), len(key)) >= 7)
+        return any(
+            key.endswith(a) or a.endswith(key) for a in self._allowed if min(len(a), len(key)) >= 7
+        )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kefu.data.records import SPLITS, Conversation, FaqEntry, IntentExample, Record, Reject, Turn
+from kefu.data.records import Conversation, FaqEntry, IntentExample, Record, Reject, Turn
 
 Item = Record | Reject
 
@@ -31,8 +31,23 @@ ROLE_ALIASES: dict[str, str] = {
         "user",
     ),
     **dict.fromkeys(
-        ["assistant", "agent", "wizard", "bot", "gpt", "chatgpt", "model", "support", "staff",
-         "operator", "客服", "坐席", "人工客服", "商家", "助手"],
+        [
+            "assistant",
+            "agent",
+            "wizard",
+            "bot",
+            "gpt",
+            "chatgpt",
+            "model",
+            "support",
+            "staff",
+            "operator",
+            "客服",
+            "坐席",
+            "人工客服",
+            "商家",
+            "助手",
+        ],
         "assistant",
     ),
 }
@@ -131,7 +146,9 @@ def _join_content(content: Any) -> str | None:
     if content is None:
         return ""
     if isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        parts = [
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        ]
         return "\n".join(parts)
     return None
 
@@ -187,7 +204,12 @@ def _json_array_items(src: SourceFile, text: str) -> Iterator[tuple[int, Any] | 
 
 
 def _conversation(
-    src: SourceFile, line: int | None, conv_id: str, pairs: list[tuple[Any, Any]], options: ReadOptions, raw: Any
+    src: SourceFile,
+    line: int | None,
+    conv_id: str,
+    pairs: list[tuple[Any, Any]],
+    options: ReadOptions,
+    raw: Any,
 ) -> Conversation | Reject:
     """Build a conversation from (speaker, text) pairs, or reject it naming the bad turn."""
     turns = []
@@ -228,12 +250,17 @@ def read_messages(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         if isinstance(messages, Reject):
             yield messages
             continue
-        bad = next((i for i, m in enumerate(messages, 1) if not isinstance(m, dict) or "role" not in m), None)
+        bad = next(
+            (i for i, m in enumerate(messages, 1) if not isinstance(m, dict) or "role" not in m),
+            None,
+        )
         if bad is not None:
             yield Reject(src.name, line, "missing_field", f"message {bad} has no 'role'", obj)
             continue
         pairs = [(m["role"], m.get("content")) for m in messages]
-        yield _conversation(src, line, str(obj.get("id") or f"{src.path.name}:{line}"), pairs, options, obj)
+        yield _conversation(
+            src, line, str(obj.get("id") or f"{src.path.name}:{line}"), pairs, options, obj
+        )
 
 
 def read_sharegpt(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
@@ -257,12 +284,16 @@ def read_sharegpt(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         if isinstance(turns, Reject):
             yield turns
             continue
-        bad = next((i for i, t in enumerate(turns, 1) if not isinstance(t, dict) or "from" not in t), None)
+        bad = next(
+            (i for i, t in enumerate(turns, 1) if not isinstance(t, dict) or "from" not in t), None
+        )
         if bad is not None:
             yield Reject(src.name, line, "missing_field", f"turn {bad} has no 'from'", obj)
             continue
         pairs = [(t["from"], t.get("value")) for t in turns]
-        yield _conversation(src, line, str(obj.get("id") or f"{src.path.name}:{line}"), pairs, options, obj)
+        yield _conversation(
+            src, line, str(obj.get("id") or f"{src.path.name}:{line}"), pairs, options, obj
+        )
     if count == 0 and not src.path.name.removesuffix(".gz").endswith(".jsonl"):
         yield src.empty_reject()
 
@@ -336,16 +367,22 @@ def read_crosswoz(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
     try:
         dialogues = json.loads(text)
     except json.JSONDecodeError as err:
-        yield Reject(src.name, err.lineno, "bad_json", f"bad JSON: {err.msg}", text[err.pos : err.pos + 200])
+        yield Reject(
+            src.name, err.lineno, "bad_json", f"bad JSON: {err.msg}", text[err.pos : err.pos + 200]
+        )
         return
     if not isinstance(dialogues, dict) or not dialogues:
         yield Reject(src.name, None, "empty", "expected a non-empty object of dialogues by id", "")
         return
     speakers = {"usr": "user", "sys": "assistant"}
     for key, dialogue in dialogues.items():
-        messages = _field_list(dialogue, "messages", src, None) if isinstance(dialogue, dict) else None
+        messages = (
+            _field_list(dialogue, "messages", src, None) if isinstance(dialogue, dict) else None
+        )
         if not isinstance(messages, list):
-            yield messages or Reject(src.name, None, "bad_json", f"dialogue {key}: not an object", dialogue)
+            yield messages or Reject(
+                src.name, None, "bad_json", f"dialogue {key}: not an object", dialogue
+            )
             continue
         pairs = [(speakers.get(m.get("role"), m.get("role")), m.get("content")) for m in messages]
         yield _conversation(src, None, f"crosswoz-{key}", pairs, options, {"id": key, **dialogue})
@@ -363,7 +400,12 @@ def _timestamp(value: str) -> float | None:
     try:
         moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        for layout in ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M"):
+        for layout in (
+            "%Y/%m/%d %H:%M:%S",
+            "%Y/%m/%d %H:%M",
+            "%m/%d/%Y %H:%M:%S",
+            "%m/%d/%Y %H:%M",
+        ):
             try:
                 moment = datetime.datetime.strptime(value, layout)
                 break
@@ -489,10 +531,16 @@ def _labelled_rows(
                 yield found
                 continue
             line, obj = found
-            row = {f: obj[options.columns.get(f, f)] for f in required + optional if options.columns.get(f, f) in obj}
+            row = {
+                f: obj[options.columns.get(f, f)]
+                for f in required + optional
+                if options.columns.get(f, f) in obj
+            }
             missing = [options.columns.get(f, f) for f in required if f not in row]
             if missing:
-                reason = f"field {missing[0]!r} is missing; name the right key with --column FIELD=NAME"
+                reason = (
+                    f"field {missing[0]!r} is missing; name the right key with --column FIELD=NAME"
+                )
                 yield Reject(src.name, line, "missing_field", reason, obj)
                 continue
             yield line, row, obj
@@ -501,7 +549,7 @@ def _labelled_rows(
             yield found if isinstance(found, Reject) else (found[0], found[1], ",".join(found[2]))
 
 
-def _split_of(src: SourceFile, row: dict[str, Any], line: int) -> str | None | Reject:
+def _split_of(src: SourceFile, row: dict[str, Any], line: int) -> str | Reject | None:
     """A row's split from its `split` field or, failing that, from the file name (train.csv)."""
     name = str(row.get("split") or "").strip().lower()
     if name:
@@ -528,7 +576,13 @@ def read_intents(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
             yield split
             continue
         yield IntentExample(
-            f"{src.path.name}:{line}", str(row["text"]), str(row["label"]), src.name, line, raw, split
+            f"{src.path.name}:{line}",
+            str(row["text"]),
+            str(row["label"]),
+            src.name,
+            line,
+            raw,
+            split,
         )
 
 

@@ -33,7 +33,13 @@ class Reject:
 
     def to_json(self) -> dict[str, Any]:
         raw = self.raw if isinstance(self.raw, str) else json.dumps(self.raw, ensure_ascii=False)
-        return {"file": self.file, "line": self.line, "code": self.code, "reason": self.reason, "raw": raw}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "code": self.code,
+            "reason": self.reason,
+            "raw": raw,
+        }
 
 
 @dataclass(slots=True)
@@ -73,7 +79,10 @@ class Conversation:
     def problem(self) -> tuple[str, str] | None:
         roles = {turn.role for turn in self.turns}
         if "user" not in roles or "assistant" not in roles:
-            return "no_exchange", "conversation has no user turn or no assistant turn once empty turns are dropped"
+            return (
+                "no_exchange",
+                "conversation has no user turn or no assistant turn once empty turns are dropped",
+            )
         return None
 
     def texts(self) -> Iterator[str]:

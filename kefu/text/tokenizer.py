@@ -30,7 +30,10 @@ SPECIAL_TOKENS = [PAD, END_OF_TEXT, *ROLE_TOKENS.values(), END_OF_TURN]
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2, show_progress: bool = False
+    texts: Iterable[str],
+    vocab_size: int = 8000,
+    min_frequency: int = 2,
+    show_progress: bool = False,
 ) -> ChatTokenizer:
     """Learn byte-level BPE merges from `texts`; the vocabulary totals exactly `vocab_size`.
 
@@ -42,7 +45,9 @@ def train_tokenizer(
     placeholders = list(PLACEHOLDERS.values())
     base = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS) + len(placeholders)
     if vocab_size < base:
-        raise KefuError(f"vocab size {vocab_size} is too small: byte-level BPE needs at least {base}")
+        raise KefuError(
+            f"vocab size {vocab_size} is too small: byte-level BPE needs at least {base}"
+        )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
@@ -73,7 +78,9 @@ class ChatTokenizer:
     def __init__(self, tokenizer: Tokenizer) -> None:
         missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
-            raise KefuError(f"tokenizer lacks kefu's special tokens {missing}; train one with `kefu tokenizer train`")
+            raise KefuError(
+                f"tokenizer lacks kefu's special tokens {missing}; train one with `kefu tokenizer train`"
+            )
         self.tokenizer = tokenizer
         # Special tokens typed inside a message are plain text, not control tokens.
         self.tokenizer.encode_special_tokens = True
@@ -113,7 +120,9 @@ class ChatTokenizer:
         """The pieces `text` is cut into, readable (bytes shown as text), for inspection."""
         return [self.decode([i]) for i in self.encode(text)]
 
-    def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> Rendered:
+    def render(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
+    ) -> Rendered:
         """Token ids and assistant mask for a conversation of {"role", "content"} messages.
 
         Args:
@@ -126,7 +135,9 @@ class ChatTokenizer:
         for message, content in zip(messages, contents, strict=True):
             role = message["role"]
             if role not in self.role_ids:
-                raise KefuError(f"unknown role {role!r} in a message; roles are {', '.join(self.role_ids)}")
+                raise KefuError(
+                    f"unknown role {role!r} in a message; roles are {', '.join(self.role_ids)}"
+                )
             learn = int(role == "assistant")
             ids += [self.role_ids[role], *content, self.end_of_turn_id]
             mask += [0, *[learn] * len(content), learn]

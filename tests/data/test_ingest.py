@@ -20,13 +20,18 @@ from kefu.errors import KefuError
 def run(tmp_path: Path, fmt: str, inputs: list[Path], **options):
     out = tmp_path / "out"
     stats = ingest(DataSource(format=fmt, inputs=[str(p) for p in inputs], **options), out)
-    records = [json.loads(line) for s in SPLITS for line in (out / f"{s}.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for s in SPLITS for line in (out / f"{s}.jsonl").read_text().splitlines()
+    ]
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     return stats, records, rejects
 
 
 def messages_line(conv_id: str, *turns: tuple[str, str]) -> str:
-    return json.dumps({"id": conv_id, "messages": [{"role": r, "content": c} for r, c in turns]}, ensure_ascii=False)
+    return json.dumps(
+        {"id": conv_id, "messages": [{"role": r, "content": c} for r, c in turns]},
+        ensure_ascii=False,
+    )
 
 
 def test_messages_cleans_redacts_merges_and_drops(tmp_path, write):
@@ -42,7 +47,9 @@ def test_messages_cleans_redacts_merges_and_drops(tmp_path, write):
                     ("assistant", ""),
                     ("assistant", "Thanks! 🙏"),
                 ),
-                messages_line("b", ("user", "hi"), ("assistant", [{"type": "text", "text": "hello"}])),
+                messages_line(
+                    "b", ("user", "hi"), ("assistant", [{"type": "text", "text": "hello"}])
+                ),
                 "",
             ]
         ),
@@ -71,7 +78,14 @@ def test_malformed_lines_go_to_rejects_with_file_and_line(tmp_path, write):
                 '{"conversation": []}',
                 messages_line("bad-role", ("user", "hi"), ("robot", "beep"), ("assistant", "x")),
                 messages_line("no-answer", ("user", "hello?"), ("assistant", "   ")),
-                json.dumps({"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "x"}]}),
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": 42},
+                            {"role": "assistant", "content": "x"},
+                        ]
+                    }
+                ),
             ]
         ),
     )
@@ -88,8 +102,19 @@ def test_malformed_lines_go_to_rejects_with_file_and_line(tmp_path, write):
     }
     assert all(r["file"] == str(path) for r in rejects)
     unknown = next(r for r in rejects if r["code"] == "unknown_role")
-    assert "'robot'" in unknown["reason"] and "--role" in unknown["reason"] and '"beep"' in unknown["raw"]
-    assert stats["rejects"] == {"total": 6, "bad_field": 1, "bad_json": 2, "missing_field": 1, "no_exchange": 1, "unknown_role": 1}
+    assert (
+        "'robot'" in unknown["reason"]
+        and "--role" in unknown["reason"]
+        and '"beep"' in unknown["raw"]
+    )
+    assert stats["rejects"] == {
+        "total": 6,
+        "bad_field": 1,
+        "bad_json": 2,
+        "missing_field": 1,
+        "no_exchange": 1,
+        "unknown_role": 1,
+    }
 
 
 def test_rejected_raw_text_is_redacted_too(tmp_path, write):
@@ -100,7 +125,10 @@ def test_rejected_raw_text_is_redacted_too(tmp_path, write):
 
 def test_wrong_encoding_is_rejected_per_line_with_a_hint(tmp_path, write):
     good = messages_line("u", ("user", "你好"), ("assistant", "您好")) + "\n"
-    gbk = messages_line("g", ("user", "我的卡丢了"), ("assistant", "请冻结")).encode("gb18030") + b"\n"
+    gbk = (
+        messages_line("g", ("user", "我的卡丢了"), ("assistant", "请冻结")).encode("gb18030")
+        + b"\n"
+    )
     path = write("mixed.jsonl", good.encode() + gbk)
     _, records, rejects = run(tmp_path, "messages", [path])
     assert [r["id"] for r in records] == ["u"]
@@ -111,7 +139,12 @@ def test_wrong_encoding_is_rejected_per_line_with_a_hint(tmp_path, write):
 
 
 def test_empty_files_are_reported(tmp_path, write):
-    for fmt, name in [("messages", "e.jsonl"), ("csv", "e.csv"), ("intents", "e2.csv"), ("sharegpt", "e.json")]:
+    for fmt, name in [
+        ("messages", "e.jsonl"),
+        ("csv", "e.csv"),
+        ("intents", "e2.csv"),
+        ("sharegpt", "e.json"),
+    ]:
         path = write(name, "[]" if fmt == "sharegpt" else "")
         _, records, rejects = run(tmp_path, fmt, [path])
         assert records == [] and [r["code"] for r in rejects] == ["empty"], fmt
@@ -119,12 +152,20 @@ def test_empty_files_are_reported(tmp_path, write):
 
 def test_sharegpt_json_array_gives_line_numbers(tmp_path, write):
     items = [
-        {"id": "s1", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
-        {"id": "s2", "conversations": [{"from": "human", "value": "x"}, {"from": "alien", "value": "y"}]},
+        {
+            "id": "s1",
+            "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}],
+        },
+        {
+            "id": "s2",
+            "conversations": [{"from": "human", "value": "x"}, {"from": "alien", "value": "y"}],
+        },
     ]
     path = write("sg.json", "[\n" + ",\n".join(json.dumps(i) for i in items) + "\n]\n")
     _, records, rejects = run(tmp_path, "sharegpt", [path])
-    assert [r["messages"] for r in records] == [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
+    assert [r["messages"] for r in records] == [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    ]
     assert (rejects[0]["line"], rejects[0]["code"]) == (3, "unknown_role")
     jsonl = write("sg.jsonl", "\n".join(json.dumps(i) for i in items))
     _, records, _ = run(tmp_path, "sharegpt", [jsonl])
@@ -159,7 +200,10 @@ def test_csv_export_sorted_by_time_merged_and_checked(tmp_path, write):
         {"role": "user", "content": "Also\nthe ATM\nat 5th street"},
         {"role": "assistant", "content": "Sorry to hear that."},
     ]
-    assert by_id["T2"] == [{"role": "user", "content": "我的卡被吞了"}, {"role": "assistant", "content": "已为您冻结"}]
+    assert by_id["T2"] == [
+        {"role": "user", "content": "我的卡被吞了"},
+        {"role": "assistant", "content": "已为您冻结"},
+    ]
     assert by_id.keys() == {"T1", "T2"}
     found = {(r["line"], r["code"]) for r in rejects}
     assert found == {(10, "bad_timestamp"), (12, "bad_row"), (13, "unknown_role")}
@@ -171,7 +215,10 @@ def test_csv_missing_column_names_the_option_to_fix_it(tmp_path, write):
     path = write("export.csv", HELPDESK)
     _, records, rejects = run(tmp_path, "csv", [path])
     assert records == []
-    assert rejects[0]["code"] == "missing_column" and "--column conversation_id=NAME" in rejects[0]["reason"]
+    assert (
+        rejects[0]["code"] == "missing_column"
+        and "--column conversation_id=NAME" in rejects[0]["reason"]
+    )
 
 
 def test_star_taskmaster_crosswoz_readers(tmp_path, write):
@@ -190,25 +237,54 @@ def test_star_taskmaster_crosswoz_readers(tmp_path, write):
     star_path = write("star.jsonl.gz", gzip.compress((json.dumps(star) + "\n").encode()))
     _, records, _ = run(tmp_path, "star", [star_path])
     assert records[0]["id"] == "star-7"
-    assert [m["content"] for m in records[0]["messages"]] == ["I need a ride", "Where would you like to go?", "The airport", "Booked."]
+    assert [m["content"] for m in records[0]["messages"]] == [
+        "I need a ride",
+        "Where would you like to go?",
+        "The airport",
+        "Booked.",
+    ]
 
-    taskmaster = [{"conversation_id": "dlg-1", "utterances": [{"speaker": "user", "text": "one latte"}, {"speaker": "assistant", "text": "anything else?"}]}]
+    taskmaster = [
+        {
+            "conversation_id": "dlg-1",
+            "utterances": [
+                {"speaker": "user", "text": "one latte"},
+                {"speaker": "assistant", "text": "anything else?"},
+            ],
+        }
+    ]
     tm_path = write("data_00.json.gz", gzip.compress(json.dumps(taskmaster).encode()))
     _, records, _ = run(tmp_path, "taskmaster", [tm_path])
     assert records[0]["id"] == "dlg-1" and records[0]["messages"][1]["role"] == "assistant"
 
-    crosswoz = {"11": {"messages": [{"role": "usr", "content": "推荐一家餐馆"}, {"role": "sys", "content": "电话是010-65528888。"}]}}
+    crosswoz = {
+        "11": {
+            "messages": [
+                {"role": "usr", "content": "推荐一家餐馆"},
+                {"role": "sys", "content": "电话是010-65528888。"},
+            ]
+        }
+    }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("val.json", json.dumps(crosswoz, ensure_ascii=False))
     cw_path = write("val.json.zip", buffer.getvalue())
     stats, records, _ = run(tmp_path, "crosswoz", [cw_path])
     assert records[0]["messages"][1]["content"] == "电话是[PHONE]。"
-    assert records[0]["language"] == "zh" and stats["splits"]["train"]["share_zh"] + stats["splits"]["valid"]["share_zh"] + stats["splits"]["test"]["share_zh"] > 0.99
+    assert (
+        records[0]["language"] == "zh"
+        and stats["splits"]["train"]["share_zh"]
+        + stats["splits"]["valid"]["share_zh"]
+        + stats["splits"]["test"]["share_zh"]
+        > 0.99
+    )
 
 
 def test_duplicates_removed_and_split_is_by_conversation(tmp_path, write):
-    lines = [messages_line(f"c{i}", ("user", f"question {i}"), ("assistant", "answer")) for i in range(300)]
+    lines = [
+        messages_line(f"c{i}", ("user", f"question {i}"), ("assistant", "answer"))
+        for i in range(300)
+    ]
     lines.append(messages_line("copy", ("user", "question 5"), ("assistant", "answer")))
     stats, records, _ = run(tmp_path, "messages", [write("c.jsonl", "\n".join(lines))])
     assert stats["duplicates_removed"] == 1 and len(records) == 300
@@ -218,14 +294,21 @@ def test_duplicates_removed_and_split_is_by_conversation(tmp_path, write):
     split_config = DataSource(format="messages", inputs=["x"]).split
     for split in SPLITS:
         out = tmp_path / "out" / f"{split}.jsonl"
-        assert all(hash_split(json.loads(line)["id"], split_config) == split for line in out.read_text().splitlines())
+        assert all(
+            hash_split(json.loads(line)["id"], split_config) == split
+            for line in out.read_text().splitlines()
+        )
     shuffled = write("d.jsonl", "\n".join(reversed(lines)))
     again = ingest(DataSource(format="messages", inputs=[str(shuffled)]), tmp_path / "again")
     assert {s: again["splits"][s]["records"] for s in SPLITS} == sizes
 
 
 def test_intents_are_split_stratified_by_label(tmp_path, write):
-    rows = ["text,label"] + [f"card question {i},card" for i in range(40)] + [f"loan question {i},loan" for i in range(20)]
+    rows = (
+        ["text,label"]
+        + [f"card question {i},card" for i in range(40)]
+        + [f"loan question {i},loan" for i in range(20)]
+    )
     rows += ["card question 1,card", "card question 2,loan"]
     stats, _, rejects = run(tmp_path, "intents", [write("intents.csv", "\n".join(rows))])
     per_split = Counter(
@@ -233,16 +316,40 @@ def test_intents_are_split_stratified_by_label(tmp_path, write):
         for split in SPLITS
         for line in (tmp_path / "out" / f"{split}.jsonl").read_text().splitlines()
     )
-    assert per_split == {("card", "train"): 32, ("card", "valid"): 4, ("card", "test"): 4, ("loan", "train"): 16, ("loan", "valid"): 2, ("loan", "test"): 2}
+    assert per_split == {
+        ("card", "train"): 32,
+        ("card", "valid"): 4,
+        ("card", "test"): 4,
+        ("loan", "train"): 16,
+        ("loan", "valid"): 2,
+        ("loan", "test"): 2,
+    }
     assert stats["duplicates_removed"] == 1
-    assert [r["code"] for r in rejects] == ["label_conflict"] and "intents.csv:4" in rejects[0]["reason"]
+    assert [r["code"] for r in rejects] == ["label_conflict"] and "intents.csv:4" in rejects[0][
+        "reason"
+    ]
 
 
 def test_split_named_files_are_kept_and_valid_is_cut_from_train(tmp_path, write):
-    train = write("train.csv", "text,category\n" + "\n".join(f"t{i},{'ab'[i % 2]}" for i in range(40)))
-    test = write("test.csv", "text,category\n" + "\n".join(f"x{i},{'ab'[i % 2]}" for i in range(10)) + "\nt1,b")
-    stats, records, _ = run(tmp_path, "intents", [train, test], columns={"label": "category"}, split={"train": 0.8, "valid": 0.2, "test": 0.0})
-    assert {s: stats["splits"][s]["records"] for s in SPLITS} == {"train": 32, "valid": 8, "test": 11}
+    train = write(
+        "train.csv", "text,category\n" + "\n".join(f"t{i},{'ab'[i % 2]}" for i in range(40))
+    )
+    test = write(
+        "test.csv",
+        "text,category\n" + "\n".join(f"x{i},{'ab'[i % 2]}" for i in range(10)) + "\nt1,b",
+    )
+    stats, _, _ = run(
+        tmp_path,
+        "intents",
+        [train, test],
+        columns={"label": "category"},
+        split={"train": 0.8, "valid": 0.2, "test": 0.0},
+    )
+    assert {s: stats["splits"][s]["records"] for s in SPLITS} == {
+        "train": 32,
+        "valid": 8,
+        "test": 11,
+    }
 
 
 def test_faq_fields_and_paraphrases(tmp_path, write):

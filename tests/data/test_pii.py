@@ -6,7 +6,10 @@ import pytest
 from kefu.data.pii import PII_TYPES, Redactor, china_id_valid, luhn_valid
 from tests.conftest import FIXTURES
 
-CASES = [json.loads(line) for line in (FIXTURES / "pii_cases.jsonl").read_text(encoding="utf-8").splitlines()]
+CASES = [
+    json.loads(line)
+    for line in (FIXTURES / "pii_cases.jsonl").read_text(encoding="utf-8").splitlines()
+]
 
 
 def test_fixture_is_large_and_bilingual():
@@ -22,7 +25,10 @@ def test_precision_and_recall_on_the_hand_written_fixture():
     failures = []
     for case in CASES:
         got = Redactor()(case["text"])
-        want = [case["expected"].count(p) for p in ("[EMAIL]", "[PHONE]", "[ID_NUMBER]", "[CARD]", "[IP]")]
+        want = [
+            case["expected"].count(p)
+            for p in ("[EMAIL]", "[PHONE]", "[ID_NUMBER]", "[CARD]", "[IP]")
+        ]
         have = [got.count(p) for p in ("[EMAIL]", "[PHONE]", "[ID_NUMBER]", "[CARD]", "[IP]")]
         expected_items += sum(want)
         produced_items += sum(have)
@@ -38,7 +44,9 @@ def test_precision_and_recall_on_the_hand_written_fixture():
 def test_counts_by_type_and_allow_list():
     redact = Redactor(allow=["+1 800 555 0100", "help@acmebank.example"])
     text = "Call 1-800-555-0100 or help@acmebank.example, not me at +1 415-555-0132 / jo@x.cn"
-    assert redact(text) == "Call 1-800-555-0100 or help@acmebank.example, not me at [PHONE] / [EMAIL]"
+    assert (
+        redact(text) == "Call 1-800-555-0100 or help@acmebank.example, not me at [PHONE] / [EMAIL]"
+    )
     assert redact.counts == {"PHONE": 1, "EMAIL": 1}
 
 
@@ -49,7 +57,12 @@ def test_only_the_chosen_types_are_redacted():
 
 @pytest.mark.parametrize(
     ("number", "valid"),
-    [("4539148803436467", True), ("4539148803436468", False), ("79927398713", True), ("6011111111111117", True)],
+    [
+        ("4539148803436467", True),
+        ("4539148803436468", False),
+        ("79927398713", True),
+        ("6011111111111117", True),
+    ],
 )
 def test_luhn(number, valid):
     assert luhn_valid(number) is valid
