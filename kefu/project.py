@@ -125,6 +125,16 @@ def init(target: str | Path, name: str | None = None) -> Path:
         )
     template = resources.files("kefu") / "templates" / "project"
     with resources.as_file(template) as source:
+        clashes = [
+            p.relative_to(source)
+            for p in source.rglob("*")
+            if p.is_file() and (target / p.relative_to(source)).exists()
+        ]
+        if clashes:
+            names = ", ".join(str(c) for c in clashes)
+            raise KefuError(
+                f"{target} already has {names}; kefu init never overwrites files, choose another folder"
+            )
         shutil.copytree(source, target, dirs_exist_ok=True)
     project_file = target / PROJECT_FILE
     project_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or target.resolve().name)

@@ -125,3 +125,13 @@ def test_init_then_build_then_nothing_to_redo(tmp_path):
     assert "rebuilt: data/intents, tokenizer" in third.stdout
     again = kefu("init", str(project))
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_init_never_overwrites_a_users_files(tmp_path):
+    mine = tmp_path / "shop" / "data" / "faq.csv"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("question,answer\nmine,mine\n")
+    result = kefu("init", str(tmp_path / "shop"))
+    assert result.returncode == 1 and "already has data/faq.csv" in result.stderr
+    assert mine.read_text() == "question,answer\nmine,mine\n"
+    assert not (tmp_path / "shop" / "kefu.yaml").exists()

@@ -232,6 +232,11 @@ def ingest(source: DataSource, out_dir: str | Path, name: str | None = None) -> 
         name: the data set's name in stats.json (default: the folder's name).
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir / "stats.json").is_file() and any(out_dir.iterdir()):
+        raise KefuError(
+            f"{out_dir} exists and is not a kefu data folder; refusing to replace it. "
+            "Choose a new folder for --out (it is created) or an earlier output of ingest."
+        )
     fmt = FORMATS[source.format]
     files = expand_inputs(source.inputs)
     options = ReadOptions(dict(source.columns), dict(source.roles), source.encoding)

@@ -39,7 +39,11 @@ def normalise_text(text: str, lowercase: bool = False) -> str:
         text = unicodedata.normalize("NFKC", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _SPACES.sub(" ", text.translate(_INVISIBLE))
+    # The checks in front skip work that cannot change the text, which is most of the time.
+    if not text.isprintable():  # false for any control or format character (and newlines)
+        text = text.translate(_INVISIBLE)
+    if not text.isascii() or "  " in text or "\t" in text:
+        text = _SPACES.sub(" ", text)
     if "\n" in text:
         text = _BLANK_LINES.sub("\n\n", _SPACE_AROUND_NEWLINE.sub("\n", text))
     text = text.strip()

@@ -59,7 +59,8 @@ _NUMBERS = re.compile("|".join(f"(?P<{n}>{p})" for n, p in _PATTERNS.items() if 
 _TYPE_OF_GROUP = {
     name: name.split("_")[0] if name.startswith("PHONE") else name for name in _PATTERNS
 }
-_HAS_DIGIT = re.compile(r"[0-9]").search
+# Every number pattern above spans at least 7 characters of digits and separators.
+_MAY_HOLD_NUMBER = re.compile(r"[0-9][0-9 .()+-]{5,}[0-9]").search
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 
@@ -106,10 +107,10 @@ class Redactor:
         self.counts: Counter[str] = Counter()
 
     def __call__(self, text: str) -> str:
-        # Two passes, each only when it can match: most turns hold no digit and no "@".
+        # Two passes, each only when it can match: most turns hold no "@" and no long number.
         if "@" in text:
             text = _EMAILS.sub(self._replace, text)
-        if _HAS_DIGIT(text):
+        if _MAY_HOLD_NUMBER(text):
             text = _NUMBERS.sub(self._replace, text)
         return text
 

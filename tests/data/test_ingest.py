@@ -379,3 +379,11 @@ def test_a_failed_ingest_leaves_the_previous_folder_intact(tmp_path, write):
         run(tmp_path, "messages", [tmp_path / "missing-*.jsonl"])
     assert (tmp_path / "out" / "stats.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl", "out"]
+
+
+def test_an_output_folder_that_is_not_a_data_folder_is_never_replaced(tmp_path, write):
+    good = write("good.jsonl", messages_line("a", ("user", "hi"), ("assistant", "hello")))
+    precious = write("home/notes.txt", "do not delete")
+    with pytest.raises(KefuError, match="is not a kefu data folder; refusing to replace it"):
+        ingest(DataSource(format="messages", inputs=[str(good)]), precious.parent)
+    assert precious.read_text() == "do not delete"
