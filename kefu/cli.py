@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from kefu import __version__
-from kefu.config import DataSource, load_config
+from kefu.config import DataSource, load_config, validate
 from kefu.console import note, settings, stdout
 from kefu.data.folder import load_stats, split_texts
 from kefu.data.ingest import ingest
@@ -75,6 +74,15 @@ def _key_values(pairs: list[str], option: str) -> dict[str, str]:
             raise KefuError(f"{option} {pair!r}: expected NAME=VALUE")
         mapping[key.strip()] = value.strip()
     return mapping
+
+
+def _merge(base: dict[str, Any], options: dict[str, Any]) -> None:
+    """Set in `base` every option that was given (not None), into nested sections too."""
+    for key, value in options.items():
+        if isinstance(value, dict):
+            _merge(base.setdefault(key, {}), value)
+        elif value is not None:
+            base[key] = value
 
 
 def _split_shares(text: str) -> dict[str, float]:
@@ -138,7 +146,8 @@ def data_ingest(
     base: dict[str, Any] = {}
     if recipe is not None:
         base = load_config(recipe, kind="data").model_dump(exclude={"kind"})
-    overrides = {
+    allowed = [*base.get("redact", {}).get("allow", []), *allow] if allow else None
+    options = {
         "format": format,
         "inputs": inputs or None,
         "columns": _key_values(column or [], "--column") or None,
@@ -146,33 +155,18 @@ def data_ingest(
         "encoding": encoding,
         "lowercase": lowercase,
         "dedupe": dedupe,
+        "redact": {"enabled": redact, "allow": allowed},
+        "split": {**(_split_shares(split) if split else {}), "seed": seed},
     }
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    if redact is not None or allow:
-        base["redact"] = {
-            **base.get("redact", {}),
-            **({"enabled": redact} if redact is not None else {}),
-        }
-        if allow:
-            base["redact"]["allow"] = [*base["redact"].get("allow", []), *allow]
-    if split is not None or seed is not None:
-        base["split"] = {**base.get("split", {}), **(_split_shares(split) if split else {})}
-        if seed is not None:
-            base["split"]["seed"] = seed
+    _merge(base, options)
     if "format" not in base:
+        formats = ", ".join(FORMATS)
         raise KefuError(
-            f"say which format the inputs are in with --format ({', '.join(FORMATS)}) or give a --recipe"
+            f"say which format the inputs are in with --format ({formats}) or give a --recipe"
         )
     if "inputs" not in base:
         raise KefuError("give the input files (or a --recipe that lists them)")
-    try:
-        source = DataSource.model_validate(base)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        )
-        raise KefuError(f"bad ingest options: {problems}") from None
+    source = validate(DataSource, base, "the ingest options", "data source")
     stats = ingest(source, out)
     _print_stats(stats, title=f"{out}")
     if stats["rejects"]["total"]:
@@ -194,34 +188,22 @@ def data_stats(
 
 
 def _print_stats(stats: dict[str, Any], title: str) -> None:
+    conversations = stats["kind"] == "conversations"
+    columns: dict[str, Callable[[dict[str, Any]], str]] = {
+        "records": lambda s: f"{s['records']:,}",
+        **({"turns": lambda s: f"{s['turns']:,}"} if conversations else {}),
+        "chars": lambda s: f"{s['characters']:,}",
+        "zh": lambda s: f"{s['share_zh']:.0%}",
+        "en": lambda s: f"{s['share_en']:.0%}",
+        **({} if conversations else {"labels": lambda s: str(s["labels"])}),
+        "PII redacted": lambda s: " ".join(f"{k}:{v}" for k, v in s["pii"].items()) or "-",
+    }
     table = Table(title=f"{title} — {stats['kind']} from {stats['format']}", title_justify="left")
-    for heading in (
-        "split",
-        "records",
-        "turns",
-        "characters",
-        "zh share",
-        "en share",
-        "labels",
-        "PII redacted",
-    ):
-        table.add_column(
-            heading, justify="left" if heading in ("split", "PII redacted") else "right"
-        )
-    splits = stats["splits"]
-    rows = [*((name, splits[name]) for name in SPLITS)]
-    for name, s in rows:
-        pii = ", ".join(f"{k} {v}" for k, v in s["pii"].items()) or "-"
-        table.add_row(
-            name,
-            f"{s['records']:,}",
-            f"{s['turns']:,}",
-            f"{s['characters']:,}",
-            f"{s['share_zh']:.1%}",
-            f"{s['share_en']:.1%}",
-            str(s["labels"] or "-"),
-            pii,
-        )
+    table.add_column("split")
+    for heading in columns:
+        table.add_column(heading, justify="left" if heading == "PII redacted" else "right")
+    for split in SPLITS:
+        table.add_row(split, *(cell(stats["splits"][split]) for cell in columns.values()))
     stdout.print(table)
     rejects = stats["rejects"]
     reasons = ", ".join(f"{k} {v}" for k, v in rejects.items() if k != "total")

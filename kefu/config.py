@@ -12,7 +12,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -30,6 +30,7 @@ from kefu.data.readers import FORMATS
 from kefu.errors import KefuError
 
 Language = Literal["en", "zh"]
+Model = TypeVar("Model", bound=BaseModel)
 Role = Literal["system", "user", "assistant"]
 
 
@@ -117,16 +118,18 @@ class DataSource(StrictModel):
     def _resolve_inputs(cls, value: list[str], info: ValidationInfo) -> list[str]:
         return [_resolve(p, info) for p in value]
 
-    @model_validator(mode="after")
-    def _known_columns(self) -> DataSource:
-        fields = FORMATS[self.format].fields
-        for name in self.columns:
-            if name not in fields:
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        fmt = info.data.get("format")  # validated before, being declared first
+        fields = FORMATS[fmt].fields if fmt else ()
+        for name in value:
+            if fmt and name not in fields:
                 valid = ", ".join(fields) or "none (this format has fixed field names)"
                 raise ValueError(
-                    f"format {self.format!r} has no field {name!r} to map; valid fields: {valid}"
+                    f"format {fmt!r} has no field {name!r} to map; valid fields: {valid}"
                 )
-        return self
+        return value
 
 
 class DataRecipe(DataSource):
@@ -251,27 +254,47 @@ def load_config(path: str | Path, kind: str | None = None) -> Any:
     if kind is not None and found != kind:
         raise ConfigError(f"{path}: this is a {found!r} config; this command needs `kind: {kind}`")
     model = CONFIG_KINDS[found]
+    return validate(model, data, f"{path}", f"{found} config", lines, path.parent)
+
+
+def validate(
+    model: type[Model],
+    data: dict[str, Any],
+    source: str,
+    what: str,
+    lines: dict[tuple, int] | None = None,
+    base_dir: Path | None = None,
+) -> Model:
+    """Validate `data` as `model`, or raise a ConfigError that lists every problem.
+
+    Args:
+        source: where the data came from, e.g. a file name or "the command-line options".
+        what: what it should be, for the error's first line ("project config").
+        lines: key path → line in `source`, when it is a file.
+        base_dir: the folder relative paths in the data are relative to.
+    """
     try:
-        return model.model_validate(data, context={"base_dir": path.parent})
+        return model.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
-        problems = [_describe(e, path, lines, model) for e in err.errors()]
-        raise ConfigError(
-            f"{path} is not a valid {found} config:\n" + "\n".join(problems)
-        ) from None
+        problems = [_describe(e, source, lines or {}, model) for e in err.errors()]
+        raise ConfigError(f"{source}: not a valid {what}:\n" + "\n".join(problems)) from None
 
 
-def _describe(error: Any, path: Path, lines: dict[tuple, int], model: type[BaseModel]) -> str:
+def _describe(error: Any, source: str, lines: dict[tuple, int], model: type[BaseModel]) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(part) for part in loc) or "(top level)"
+    # The line of the deepest key that exists in the file (a missing key: its parent's line).
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), 1)
+    where = f"{source}:{line}" if lines else source
     if error["type"] == "extra_forbidden":
         valid = _field_names(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f" — did you mean {close[0]!r}?" if close else ""
-        return f"  {path}:{line}: {key}: unknown key{hint} Valid keys here: {', '.join(valid)}"
+        return f"  {where}: {key}: unknown key{hint} Valid keys here: {', '.join(valid)}"
     message = error["msg"].removeprefix("Value error, ")
-    got = f" (got {error['input']!r})" if error["type"] != "missing" and "input" in error else ""
-    return f"  {path}:{line}: {key}: {message}{got}"
+    shown = error["type"] != "missing" and not isinstance(error.get("input"), dict | list)
+    got = f" (got {error['input']!r})" if shown else ""
+    return f"  {where}: {key}: {message}{got}"
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from kefu import __version__
 from kefu.config import ProjectConfig, load_config
 from kefu.console import note, settings
 from kefu.data.folder import split_texts
@@ -47,7 +48,7 @@ class BuildResult:
 
 
 def _fingerprint(settings_json: str, files: list[Path] = (), parts: list[str] = ()) -> str:
-    digest = hashlib.sha256(settings_json.encode())
+    digest = hashlib.sha256(f"kefu {__version__}\n{settings_json}".encode())  # new kefu, new build
     for path in files:
         digest.update(str(path).encode())
         with open(path, "rb") as handle:

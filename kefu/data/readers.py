@@ -13,6 +13,7 @@ import datetime
 import gzip
 import io
 import json
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -178,29 +179,51 @@ def _jsonl_objects(src: SourceFile) -> Iterator[tuple[int, dict[str, Any]] | Rej
         yield src.empty_reject()
 
 
+_BETWEEN_ITEMS = re.compile(r"[\s,]*")
+
+
 def _json_array_items(src: SourceFile, text: str) -> Iterator[tuple[int, Any] | Reject]:
     """The items of a top-level JSON array with the line each starts on."""
     decoder = json.JSONDecoder()
-    start = len(text) - len(text.lstrip())
-    if not text[start:].startswith("["):
+    position = _BETWEEN_ITEMS.match(text).end()
+    if not text.startswith("[", position):
         yield Reject(src.name, 1, "bad_json", "expected a JSON array of conversations", text[:200])
         return
-    position, line = start + 1, text.count("\n", 0, start) + 1
+    line, count = text.count("\n", 0, position) + 1, 0
     while True:
-        skipped = len(text) - position - len(text[position:].lstrip(" \t\r\n,"))
-        line += text.count("\n", position, position + skipped)
-        position += skipped
+        skipped_to = _BETWEEN_ITEMS.match(text, position + (count == 0)).end()
+        line += text.count("\n", position, skipped_to)
+        position = skipped_to
         if position >= len(text) or text[position] == "]":
-            return
+            break
         try:
             item, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
             reason = f"bad JSON: {err.msg} at line {err.lineno} column {err.colno}; the rest of the file is skipped"
             yield Reject(src.name, err.lineno, "bad_json", reason, text[err.pos : err.pos + 200])
             return
+        count += 1
         yield line, item
         line += text.count("\n", position, end)
         position = end
+    if count == 0:
+        yield src.empty_reject()
+
+
+def _objects(src: SourceFile) -> Iterator[tuple[int, dict[str, Any]] | Reject]:
+    """The objects of a JSON Lines file (.jsonl) or of a file holding one JSON array."""
+    if src.path.name.removesuffix(".gz").endswith(".jsonl"):
+        yield from _jsonl_objects(src)
+        return
+    text = src.text(src.read_bytes())
+    if isinstance(text, Reject):
+        yield text
+        return
+    for found in _json_array_items(src, text):
+        if isinstance(found, tuple) and not isinstance(found[1], dict):
+            yield Reject(src.name, found[0], "bad_json", "expected a JSON object", found[1])
+        else:
+            yield found
 
 
 def _conversation(
@@ -231,119 +254,76 @@ def _conversation(
     return Conversation(conv_id, turns, src.name, line, raw)
 
 
-def _field_list(obj: dict[str, Any], key: str, src: SourceFile, line: int | None) -> list | Reject:
-    value = obj.get(key)
-    if not isinstance(value, list):
-        what = "missing" if value is None else f"a {type(value).__name__}, not a list"
+def _turn_list(
+    src: SourceFile, line: int | None, obj: Any, key: str, speaker: str
+) -> list[dict[str, Any]] | Reject:
+    """The list of turns `obj[key]`, each an object naming its `speaker`, or why not."""
+    turns = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(turns, list):
+        what = "missing" if turns is None else f"a {type(turns).__name__}, not a list"
         return Reject(src.name, line, "missing_field", f"field {key!r} is {what}", obj)
-    return value
+    for index, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict) or speaker not in turn:
+            reason = f"{key} item {index} has no {speaker!r}"
+            return Reject(src.name, line, "missing_field", reason, obj)
+    return turns
 
 
-def read_messages(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
-    """JSON Lines in the OpenAI chat format: {"messages": [{"role", "content"}, ...]}."""
-    for found in _jsonl_objects(src):
+def _read_turn_lists(
+    src: SourceFile, options: ReadOptions, id_key: str, key: str, speaker: str, text: str
+) -> Iterator[Item]:
+    """Conversations stored as objects with a list of {speaker, text} turns."""
+    for found in _objects(src):
         if isinstance(found, Reject):
             yield found
             continue
         line, obj = found
-        messages = _field_list(obj, "messages", src, line)
-        if isinstance(messages, Reject):
-            yield messages
-            continue
-        bad = next(
-            (i for i, m in enumerate(messages, 1) if not isinstance(m, dict) or "role" not in m),
-            None,
-        )
-        if bad is not None:
-            yield Reject(src.name, line, "missing_field", f"message {bad} has no 'role'", obj)
-            continue
-        pairs = [(m["role"], m.get("content")) for m in messages]
-        yield _conversation(
-            src, line, str(obj.get("id") or f"{src.path.name}:{line}"), pairs, options, obj
-        )
-
-
-def read_sharegpt(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
-    """ShareGPT: {"conversations": [{"from": "human"|"gpt"|..., "value"}]}, a JSON array or JSONL."""
-    if src.path.name.removesuffix(".gz").endswith(".jsonl"):
-        items: Iterator[Any] = _jsonl_objects(src)
-    else:
-        text = src.text(src.read_bytes())
-        items = iter([text]) if isinstance(text, Reject) else _json_array_items(src, text)
-    count = 0
-    for found in items:
-        if isinstance(found, Reject):
-            yield found
-            continue
-        line, obj = found
-        count += 1
-        if not isinstance(obj, dict):
-            yield Reject(src.name, line, "bad_json", "expected a JSON object", obj)
-            continue
-        turns = _field_list(obj, "conversations", src, line)
+        turns = _turn_list(src, line, obj, key, speaker)
         if isinstance(turns, Reject):
             yield turns
             continue
-        bad = next(
-            (i for i, t in enumerate(turns, 1) if not isinstance(t, dict) or "from" not in t), None
-        )
-        if bad is not None:
-            yield Reject(src.name, line, "missing_field", f"turn {bad} has no 'from'", obj)
-            continue
-        pairs = [(t["from"], t.get("value")) for t in turns]
-        yield _conversation(
-            src, line, str(obj.get("id") or f"{src.path.name}:{line}"), pairs, options, obj
-        )
-    if count == 0 and not src.path.name.removesuffix(".gz").endswith(".jsonl"):
-        yield src.empty_reject()
+        pairs = [(turn[speaker], turn.get(text)) for turn in turns]
+        conv_id = str(obj.get(id_key) or f"{src.path.name}:{line}")
+        yield _conversation(src, line, conv_id, pairs, options, obj)
 
 
-def read_star(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
-    """STAR dialogues: the User's utterances and the Wizard's sent messages (typed or picked)."""
-    for found in _jsonl_objects(src):
-        if isinstance(found, Reject):
-            yield found
-            continue
-        line, obj = found
-        events = _field_list(obj, "Events", src, line)
-        if isinstance(events, Reject):
-            yield events
-            continue
-        pairs = []
-        for event in events:
-            agent, action = event.get("Agent"), event.get("Action")
-            if (agent == "User" and action == "utter") or (
-                agent == "Wizard" and action in ("utter", "pick_suggestion")
-            ):
-                pairs.append(("user" if agent == "User" else "assistant", event.get("Text")))
-        yield _conversation(src, line, f"star-{obj.get('DialogueID', line)}", pairs, options, obj)
+def read_messages(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
+    """The OpenAI chat format, {"id"?, "messages": [{"role", "content"}]}: JSONL or a JSON array."""
+    return _read_turn_lists(src, options, "id", "messages", "role", "content")
+
+
+def read_sharegpt(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
+    """ShareGPT, {"id"?, "conversations": [{"from": "human"|"gpt"|…, "value"}]}: JSON or JSONL."""
+    return _read_turn_lists(src, options, "id", "conversations", "from", "value")
 
 
 def read_taskmaster(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
-    """Taskmaster (-4) JSON: a list of {"conversation_id", "utterances": [{"speaker", "text"}]}."""
-    text = src.text(src.read_bytes())
-    if isinstance(text, Reject):
-        yield text
-        return
-    count = 0
-    for found in _json_array_items(src, text):
+    """Taskmaster(-4): a JSON array of {"conversation_id", "utterances": [{"speaker", "text"}]}."""
+    return _read_turn_lists(src, options, "conversation_id", "utterances", "speaker", "text")
+
+
+# STAR events that reached the other side: the wizard either typed or picked a suggestion.
+_STAR_SENT = {
+    ("User", "utter"): "user",
+    ("Wizard", "utter"): "assistant",
+    ("Wizard", "pick_suggestion"): "assistant",
+}
+
+
+def read_star(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
+    """STAR dialogues: the User's utterances and the Wizard's sent messages."""
+    for found in _objects(src):
         if isinstance(found, Reject):
             yield found
             continue
         line, obj = found
-        count += 1
-        if not isinstance(obj, dict):
-            yield Reject(src.name, line, "bad_json", "expected a JSON object", obj)
+        events = _turn_list(src, line, obj, "Events", "Agent")
+        if isinstance(events, Reject):
+            yield events
             continue
-        utterances = _field_list(obj, "utterances", src, line)
-        if isinstance(utterances, Reject):
-            yield utterances
-            continue
-        pairs = [(u.get("speaker"), u.get("text")) for u in utterances if isinstance(u, dict)]
-        conv_id = str(obj.get("conversation_id") or f"{src.path.name}:{line}")
-        yield _conversation(src, line, conv_id, pairs, options, obj)
-    if count == 0:
-        yield src.empty_reject()
+        sent = ((_STAR_SENT.get((e["Agent"], e.get("Action"))), e.get("Text")) for e in events)
+        pairs = [(role, text) for role, text in sent if role]
+        yield _conversation(src, line, f"star-{obj.get('DialogueID', line)}", pairs, options, obj)
 
 
 def read_crosswoz(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
@@ -376,15 +356,12 @@ def read_crosswoz(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         return
     speakers = {"usr": "user", "sys": "assistant"}
     for key, dialogue in dialogues.items():
-        messages = (
-            _field_list(dialogue, "messages", src, None) if isinstance(dialogue, dict) else None
-        )
-        if not isinstance(messages, list):
-            yield messages or Reject(
-                src.name, None, "bad_json", f"dialogue {key}: not an object", dialogue
-            )
+        messages = _turn_list(src, None, dialogue, "messages", "role")
+        if isinstance(messages, Reject):
+            messages.reason = f"dialogue {key}: {messages.reason}"
+            yield messages
             continue
-        pairs = [(speakers.get(m.get("role"), m.get("role")), m.get("content")) for m in messages]
+        pairs = [(speakers.get(m["role"], m["role"]), m.get("content")) for m in messages]
         yield _conversation(src, None, f"crosswoz-{key}", pairs, options, {"id": key, **dialogue})
 
 
