@@ -111,28 +111,35 @@ class SourceFile:
                     text = text.removeprefix("\ufeff")
                 yield number, text
 
+    def starts_with(self, prefix: bytes) -> bool:
+        """Whether the first bytes after any BOM and white space are `prefix`."""
+        with self._open() as stream:
+            head = stream.read(4096)
+        return head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(prefix)
+
     def read_bytes(self) -> bytes:
         with self._open() as stream:
             return stream.read()
 
     def text(self, data: bytes) -> str | Reject:
+        """The whole file decoded, for formats that are one JSON document."""
         try:
             return data.decode(self.encoding).removeprefix("\ufeff")
         except UnicodeDecodeError as err:
             line = data[: err.start].count(b"\n") + 1
             bad = data.split(b"\n")[line - 1]
-            return self._decode_reject(line, bad, err)
+            reject = self._decode_reject(line, bad, err)
+            reject.reason += "; the file is one JSON document, so all of it is skipped"
+            return reject
 
     def _decode_reject(self, line: int, raw: bytes, err: UnicodeDecodeError) -> Reject:
         hint = f"pass the file's real encoding with --encoding (it is not {self.encoding})"
-        for guess in ("gb18030", "big5", "utf-16"):
-            if guess != self.encoding:
-                try:
-                    raw.decode(guess)
-                except UnicodeDecodeError:
-                    continue
-                hint = f"it looks like {guess}: pass --encoding {guess}"
-                break
+        if self.encoding.lower() not in ("gb18030", "gbk", "gb2312"):
+            try:
+                raw.decode("gb18030")  # what Chinese Windows tools export by default
+                hint = "it looks like gb18030 (GBK): pass --encoding gb18030"
+            except UnicodeDecodeError:
+                pass
         reason = f"line is not valid {self.encoding} ({err.reason} at byte {err.start}); {hint}"
         return Reject(self.name, line, "encoding", reason, raw.decode(self.encoding, "replace"))
 
@@ -190,8 +197,9 @@ def _json_array_items(src: SourceFile, text: str) -> Iterator[tuple[int, Any] | 
         yield Reject(src.name, 1, "bad_json", "expected a JSON array of conversations", text[:200])
         return
     line, count = text.count("\n", 0, position) + 1, 0
+    position += 1  # past the "["
     while True:
-        skipped_to = _BETWEEN_ITEMS.match(text, position + (count == 0)).end()
+        skipped_to = _BETWEEN_ITEMS.match(text, position).end()
         line += text.count("\n", position, skipped_to)
         position = skipped_to
         if position >= len(text) or text[position] == "]":
@@ -211,8 +219,8 @@ def _json_array_items(src: SourceFile, text: str) -> Iterator[tuple[int, Any] | 
 
 
 def _objects(src: SourceFile) -> Iterator[tuple[int, dict[str, Any]] | Reject]:
-    """The objects of a JSON Lines file (.jsonl) or of a file holding one JSON array."""
-    if src.path.name.removesuffix(".gz").endswith(".jsonl"):
+    """The objects of a JSON Lines file or of a file holding one JSON array, whatever its name."""
+    if not src.starts_with(b"["):
         yield from _jsonl_objects(src)
         return
     text = src.text(src.read_bytes())
@@ -395,6 +403,10 @@ def _timestamp(value: str) -> float | None:
     return moment.timestamp()
 
 
+# Helpdesk exports can hold long pasted logs in one cell; the csv module's default is 128 KiB.
+csv.field_size_limit(16 * 1024 * 1024)
+
+
 def _csv_rows(
     src: SourceFile, options: ReadOptions, required: tuple[str, ...], optional: tuple[str, ...]
 ) -> Iterator[tuple[int, dict[str, str], list[str]] | Reject]:
@@ -503,7 +515,7 @@ def _labelled_rows(
 ) -> Iterator[tuple[int, dict[str, Any], Any] | Reject]:
     """Rows of a labelled file, CSV or JSON Lines by its extension, as {field: value}."""
     if src.path.name.removesuffix(".gz").endswith((".jsonl", ".json")):
-        for found in _jsonl_objects(src):
+        for found in _objects(src):
             if isinstance(found, Reject):
                 yield found
                 continue
@@ -513,10 +525,11 @@ def _labelled_rows(
                 for f in required + optional
                 if options.columns.get(f, f) in obj
             }
-            missing = [options.columns.get(f, f) for f in required if f not in row]
+            missing = [f for f in required if f not in row]
             if missing:
+                key = options.columns.get(missing[0], missing[0])
                 reason = (
-                    f"field {missing[0]!r} is missing; name the right key with --column FIELD=NAME"
+                    f"key {key!r} is missing; name the right key with --column {missing[0]}=NAME"
                 )
                 yield Reject(src.name, line, "missing_field", reason, obj)
                 continue

@@ -387,3 +387,21 @@ def test_an_output_folder_that_is_not_a_data_folder_is_never_replaced(tmp_path, 
     with pytest.raises(KefuError, match="is not a kefu data folder; refusing to replace it"):
         ingest(DataSource(format="messages", inputs=[str(good)]), precious.parent)
     assert precious.read_text() == "do not delete"
+
+
+def test_json_files_are_read_as_an_array_or_as_lines_whatever_their_name(tmp_path, write):
+    array = write("intents.json", json.dumps([{"q": "where is my card", "label": "card"}]))
+    lines = write(
+        "more.json", '{"q": "lost my pin", "label": "pin"}\n{"text": "no q", "label": "x"}\n'
+    )
+    _, records, rejects = run(tmp_path, "intents", [array, lines], columns={"text": "q"})
+    assert sorted(r["text"] for r in records) == ["lost my pin", "where is my card"]
+    assert [(r["file"], r["line"], r["code"]) for r in rejects] == [
+        (str(lines), 2, "missing_field")
+    ]
+    assert "--column text=NAME" in rejects[0]["reason"] and "'q'" in rejects[0]["reason"]
+    conversations = write(
+        "chats.json", "[" + messages_line("x", ("user", "hi"), ("assistant", "yo")) + "]"
+    )
+    _, records, _ = run(tmp_path, "messages", [conversations])
+    assert records[0]["id"] == "x"
