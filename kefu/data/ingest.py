@@ -71,10 +71,15 @@ def stratified_split(records: list[Record], split: SplitConfig) -> None:
     if cut_valid:
         valid_share = split.valid / (split.train + split.valid) if split.train + split.valid else 0
         shares = SplitConfig(train=1 - valid_share, valid=valid_share, test=0, seed=split.seed)
+
+    def order(record: Record) -> bytes:
+        # By content, not position: adding rows to a file does not move the others between splits.
+        return hashlib.blake2b(
+            f"{split.seed}:{record.dedupe_key()!r}".encode(), digest_size=8
+        ).digest()
+
     for group in by_label.values():
-        group.sort(
-            key=lambda r: hashlib.blake2b(f"{split.seed}:{r.id}".encode(), digest_size=8).digest()
-        )
+        group.sort(key=order)
         n_valid = round(len(group) * shares.valid)
         n_test = round(len(group) * shares.test)
         for index, record in enumerate(group):
