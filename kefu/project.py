@@ -12,7 +12,9 @@ import hashlib
 import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,9 +50,13 @@ class BuildResult:
 
 
 def _fingerprint(settings_json: str, files: list[Path] = (), parts: list[str] = ()) -> str:
-    digest = hashlib.sha256(f"kefu {__version__}\n{settings_json}".encode())  # new kefu, new build
+    """A hash of what a step is made from: kefu's version, its settings, its inputs' bytes.
+
+    File contents count, not their paths, so a project moved or built from another folder is
+    still up to date.
+    """
+    digest = hashlib.sha256(f"kefu {__version__}\n{settings_json}".encode())
     for path in files:
-        digest.update(str(path).encode())
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -73,7 +79,7 @@ def build(project: str | Path, force: bool = False) -> BuildResult:
         {} if force or not state_path.exists() else json.loads(state_path.read_text())
     )
 
-    def step(name: str, fingerprint: str, output: Path, make: Any) -> None:
+    def step(name: str, fingerprint: str, output: Path, make: Callable[[], object]) -> None:
         if state.get(name) == fingerprint and output.exists():
             result.up_to_date.append(name)
             note(f"[green]✓[/] {name} is up to date ({output})")
@@ -86,13 +92,9 @@ def build(project: str | Path, force: bool = False) -> BuildResult:
 
     for name, source in config.data.items():
         out = result.build_dir / "data" / name
-        fingerprint = _fingerprint(source.model_dump_json(), expand_inputs(source.inputs))
-        step(
-            f"data/{name}",
-            fingerprint,
-            out / "stats.json",
-            lambda s=source, o=out, n=name: ingest(s, o, n),
-        )
+        settings_json = source.model_dump_json(exclude={"inputs"})
+        fingerprint = _fingerprint(settings_json, expand_inputs(source.inputs))
+        step(f"data/{name}", fingerprint, out / "stats.json", partial(ingest, source, out, name))
         result.data[name] = out
 
     names = config.tokenizer.data or list(config.data)
