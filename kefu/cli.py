@@ -61,9 +61,16 @@ def config_check(
     files: Annotated[list[Path], typer.Argument(help="YAML files to validate.")],
 ) -> None:
     """Validate config files (projects and recipes); every problem is listed with file:line."""
+    problems = []
     for path in files:
-        config = load_config(path)
+        try:
+            config = load_config(path)
+        except KefuError as err:
+            problems.append(str(err))
+            continue
         stdout.print(f"ok: {path} is a valid {config.kind} config")
+    if problems:
+        raise KefuError("\n".join(problems))
 
 
 def _key_values(pairs: list[str], option: str) -> dict[str, str]:
@@ -272,10 +279,13 @@ def _friendly(command: Callable[..., None]) -> Callable[..., None]:
     def run(*args: Any, **kwargs: Any) -> None:
         try:
             command(*args, **kwargs)
-        except KefuError as err:
+        except (KefuError, OSError) as err:  # OSError: a full disk, a missing permission
             typer.secho(f"error: {err}", fg="red", err=True)
             raise typer.Exit(1) from None
-        except (KeyboardInterrupt, typer.Exit, typer.Abort):
+        except KeyboardInterrupt:
+            typer.secho("interrupted; nothing half-written was kept", fg="yellow", err=True)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as err:
             if os.environ.get("KEFU_DEBUG"):

@@ -25,6 +25,7 @@ from kefu.console import note, settings
 from kefu.data.folder import split_texts
 from kefu.data.ingest import expand_inputs, ingest
 from kefu.errors import KefuError
+from kefu.files import write_text_atomically
 from kefu.text.tokenizer import train_tokenizer
 
 PROJECT_FILE = "kefu.yaml"
@@ -87,8 +88,7 @@ def build(project: str | Path, force: bool = False) -> BuildResult:
         make()
         state[name] = fingerprint
         result.rebuilt.append(name)
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps(state, indent=2) + "\n")
+        write_text_atomically(state_path, json.dumps(state, indent=2) + "\n")
 
     for name, source in config.data.items():
         out = result.build_dir / "data" / name

@@ -23,6 +23,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 from kefu.data.pii import PLACEHOLDERS
 from kefu.errors import KefuError
+from kefu.files import replaced_atomically
 
 PAD, END_OF_TEXT, END_OF_TURN = "<|pad|>", "<|endoftext|>", "<|end|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -100,8 +101,8 @@ class ChatTokenizer:
             raise KefuError(f"{path}: cannot load the tokenizer ({err})") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(path))
+        with replaced_atomically(path) as temporary:
+            self.tokenizer.save(str(temporary))
 
     @property
     def vocab_size(self) -> int:
