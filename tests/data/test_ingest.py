@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kefu.config import DataSource
 from kefu.data.ingest import hash_split, ingest
@@ -434,3 +436,65 @@ def test_adding_rows_does_not_move_the_others_between_splits(tmp_path, write):
     # The new row takes a place in its label's ordering: at most one row shifts from valid to test
     # and one from test to train; the other 58 stay where they were.
     assert len(moved) <= 2
+
+
+FILE_NAMES = {
+    "messages": "x.jsonl",
+    "sharegpt": "x.json",
+    "csv": "x.csv",
+    "star": "x.jsonl.gz",
+    "taskmaster": "x.json.gz",
+    "crosswoz": "x.json.zip",
+    "intents": "x.csv",
+    "faq": "x.jsonl",
+}
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "messages",
+                    "role",
+                    "content",
+                    "conversations",
+                    "from",
+                    "value",
+                    "Events",
+                    "Agent",
+                    "Action",
+                    "Text",
+                    "utterances",
+                    "speaker",
+                    "text",
+                    "label",
+                    "question",
+                    "answer",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    fmt=st.sampled_from(sorted(FILE_NAMES)),
+    content=st.binary(max_size=600) | JSONISH.map(lambda v: json.dumps(v).encode()),
+)
+def test_garbage_never_crashes_and_nothing_vanishes(tmp_path_factory, fmt, content):
+    folder = tmp_path_factory.mktemp("fuzz")
+    path = folder / FILE_NAMES[fmt]
+    if path.suffix == ".gz":
+        content = gzip.compress(content)
+    path.write_bytes(content)
+    stats = ingest(DataSource(format=fmt, inputs=[str(path)]), folder / "out")
+    written = sum(stats["splits"][s]["records"] for s in SPLITS)
+    accounted = written + stats["duplicates_removed"] + stats["rejects"]["total"]
+    assert accounted >= stats["records_read"] and (accounted > 0 or content.strip() == b"")
