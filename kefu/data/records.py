@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "valid", "test")
 
 
