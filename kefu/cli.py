@@ -24,8 +24,11 @@ from kefu.data.ingest import ingest
 from kefu.data.readers import FORMATS
 from kefu.data.records import SPLITS
 from kefu.errors import KefuError
+from kefu.models.hf_export import export_hf
 from kefu.project import build, init
 from kefu.text.tokenizer import ChatTokenizer, train_tokenizer
+from kefu.train.recipe import TrainRecipe
+from kefu.train.run import run_training
 
 
 def init_command(
@@ -256,6 +259,118 @@ def tokenizer_encode(
     )
 
 
+RecipeOption = Annotated[
+    Path | None,
+    typer.Option(help="A `kind: train` YAML recipe (default: built-in small defaults)."),
+]
+DataOption = Annotated[
+    Path | None, typer.Option(help="Data folder from `kefu data ingest` (overrides the recipe).")
+]
+OutOption = Annotated[
+    Path, typer.Option("--out", "-o", help="Run folder to write (new, or the one to --resume).")
+]
+ArchOption = Annotated[str | None, typer.Option(help="gpt or lstm (overrides the recipe).")]
+TokenizerOption = Annotated[
+    Path | None,
+    typer.Option(help="tokenizer.json (default: the recipe's, else one trained on the data)."),
+]
+ResumeOption = Annotated[
+    bool, typer.Option(help="Continue an interrupted run in --out from its checkpoint.")
+]
+InitOption = Annotated[
+    Path | None,
+    typer.Option(help="Start from this run's weights and tokenizer (e.g. lm pre-training)."),
+]
+StepsOption = Annotated[
+    int | None, typer.Option(help="Optimizer steps (overrides train.max_steps).")
+]
+MinutesOption = Annotated[float | None, typer.Option(help="Stop and save after this many minutes.")]
+
+
+def _train(
+    task: str,
+    recipe: Path | None,
+    data: Path | None,
+    out: Path,
+    arch: str | None,
+    tokenizer: Path | None,
+    resume: bool,
+    init: Path | None,
+    max_steps: int | None,
+    minutes: float | None,
+) -> None:
+    fields: dict[str, Any] = {"kind": "train", "task": task}
+    if recipe is not None:
+        fields = load_config(recipe, kind="train").model_dump()
+        if fields["task"] != task:
+            raise KefuError(
+                f"{recipe} is a recipe for `kefu train {fields['task']}`, not `kefu train {task}`"
+            )
+    _merge(
+        fields,
+        {
+            "arch": arch,
+            "data": data and str(data),
+            "tokenizer": tokenizer and str(tokenizer),
+            "train": {"max_steps": max_steps, "time_limit_minutes": minutes},
+        },
+    )
+    summary = run_training(
+        validate(TrainRecipe, fields, "the training options", "train recipe"), out, resume, init
+    )
+    result = summary.result
+    best = (
+        f"; best valid loss {result.best_valid_loss:.4f}"
+        if result.best_valid_loss is not None
+        else ""
+    )
+    stdout.print(
+        f"trained {summary.arch} ({summary.parameters:,} parameters) for {result.step} steps{best}"
+        + (" (stopped early)" if result.stopped_early else "")
+        + f"; run folder: {summary.run_dir}"
+    )
+
+
+def train_lm(
+    recipe: RecipeOption = None,
+    data: DataOption = None,
+    out: OutOption = ...,
+    arch: ArchOption = None,
+    tokenizer: TokenizerOption = None,
+    resume: ResumeOption = False,
+    init: InitOption = None,
+    max_steps: StepsOption = None,
+    minutes: MinutesOption = None,
+) -> None:
+    """Train a language model (GPT or LSTM) on all text of a data folder, packed into windows."""
+    _train("lm", recipe, data, out, arch, tokenizer, resume, init, max_steps, minutes)
+
+
+def train_chat(
+    recipe: RecipeOption = None,
+    data: DataOption = None,
+    out: OutOption = ...,
+    arch: ArchOption = None,
+    tokenizer: TokenizerOption = None,
+    resume: ResumeOption = False,
+    init: InitOption = None,
+    max_steps: StepsOption = None,
+    minutes: MinutesOption = None,
+) -> None:
+    """Fine-tune on conversations: the loss falls on the assistant's replies only."""
+    _train("chat", recipe, data, out, arch, tokenizer, resume, init, max_steps, minutes)
+
+
+def export_hf_command(
+    run: Annotated[Path, typer.Argument(help="A GPT run folder.")],
+    out: Annotated[
+        Path, typer.Argument(help="Folder for the Hugging Face model (LlamaForCausalLM).")
+    ],
+) -> None:
+    """Export a GPT run as a Hugging Face Llama model folder any Llama engine can serve."""
+    stdout.print(f"wrote {export_hf(run, out)}")
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "init": init_command,
     "build": build_command,
@@ -264,11 +379,16 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "data stats": data_stats,
     "tokenizer train": tokenizer_train,
     "tokenizer encode": tokenizer_encode,
+    "train lm": train_lm,
+    "train chat": train_chat,
+    "export hf": export_hf_command,
 }
 GROUPS = {
     "config": "Validate project files and recipes.",
     "data": "Ingest chat logs, labelled utterances and FAQs; inspect data folders.",
     "tokenizer": "Train and inspect the byte-level BPE tokenizer.",
+    "train": "Train language models from scratch or fine-tune them on conversations.",
+    "export": "Export trained models to other formats.",
 }
 
 

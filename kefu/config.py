@@ -1,6 +1,6 @@
 """Typed configs: YAML in, pydantic models out, and errors that name the file, line and key.
 
-Every YAML file kefu reads starts with `kind:`, which picks its model from `CONFIG_KINDS`.
+Every YAML file kefu reads starts with `kind:`, which picks its model from `config_kinds()`.
 Relative paths inside a file are resolved against the folder the file is in, so a project or a
 recipe works from whatever directory the command is run.
 """
@@ -40,7 +40,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _resolve(path: str, info: ValidationInfo) -> str:
+def resolve_path(path: str, info: ValidationInfo) -> str:
     """Expand ~ and $VARS, and anchor a relative path at the config file's folder."""
     expanded = os.path.expandvars(os.path.expanduser(path))
     base = (info.context or {}).get("base_dir")
@@ -116,7 +116,7 @@ class DataSource(StrictModel):
     @field_validator("inputs")
     @classmethod
     def _resolve_inputs(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        return [_resolve(p, info) for p in value]
+        return [resolve_path(p, info) for p in value]
 
     @field_validator("columns")
     @classmethod
@@ -184,7 +184,7 @@ class ProjectConfig(StrictModel):
     @field_validator("build_dir")
     @classmethod
     def _resolve_build_dir(cls, value: str, info: ValidationInfo) -> str:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
     @model_validator(mode="after")
     def _references_exist(self) -> ProjectConfig:
@@ -207,10 +207,11 @@ class ProjectConfig(StrictModel):
         return self
 
 
-CONFIG_KINDS: dict[str, type[StrictModel]] = {
-    "project": ProjectConfig,
-    "data": DataRecipe,
-}
+def config_kinds() -> dict[str, type[StrictModel]]:
+    """Config models by the `kind:` a YAML file starts with."""
+    from kefu.train.recipe import TrainRecipe  # imported here: recipes build on this module
+
+    return {"project": ProjectConfig, "data": DataRecipe, "train": TrainRecipe}
 
 
 class ConfigError(KefuError):
@@ -242,18 +243,18 @@ def load_config(path: str | Path, kind: str | None = None) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: expected a mapping of keys starting with `kind:` "
-            f"(one of {', '.join(CONFIG_KINDS)}), got {type(data).__name__}"
+            f"(one of {', '.join(config_kinds())}), got {type(data).__name__}"
         )
     found = data.get("kind")
-    if found not in CONFIG_KINDS:
+    if found not in config_kinds():
         hint = f"; expected `kind: {kind}`" if kind else ""
         raise ConfigError(
             f"{path}:{lines.get(('kind',), 1)}: kind: {found!r} is not a config kind; "
-            f"valid kinds: {', '.join(CONFIG_KINDS)}{hint}"
+            f"valid kinds: {', '.join(config_kinds())}{hint}"
         )
     if kind is not None and found != kind:
         raise ConfigError(f"{path}: this is a {found!r} config; this command needs `kind: {kind}`")
-    model = CONFIG_KINDS[found]
+    model = config_kinds()[found]
     return validate(model, data, f"{path}", f"{found} config", lines, path.parent)
 
 

@@ -89,7 +89,7 @@ def test_unknown_column_field_for_the_format(tmp_path):
         ("kind: data\nformat: [unclosed\n", "FILE:3:1: invalid YAML"),
         ("- just\n- a list\n", "expected a mapping of keys starting with `kind:`"),
         ("", "expected a mapping"),
-        ("kind: model\n", "FILE:1: kind: 'model' is not a config kind; valid kinds: project, data"),
+        ("kind: model\n", "FILE:1: kind: 'model' is not a config kind; valid kinds: project, data, train"),
     ],
 )
 def test_unreadable_files(tmp_path, text, expected):

@@ -1,0 +1,375 @@
+"""The one training loop every kefu trainer shares.
+
+A trainer supplies a model, `Batches` of (inputs, targets) and a function that saves the model;
+the loop does the rest: AdamW (fused where available), warm-up plus cosine schedule, gradient
+accumulation and clipping, optional label smoothing, bf16 autocast, evaluation every N steps
+into metrics.jsonl, early stopping on validation loss, and checkpoints that resume exactly.
+
+Exact resume rests on one rule: the batch of step s is a pure function of (seed, s). Together
+with the saved model, optimizer, schedule and RNG state, a run stopped at step N and resumed
+computes the same losses as a run that never stopped.
+
+More than one process (torchrun): every process draws the same global batch and takes its own
+rows; the loss is normalised by the global count of target tokens, so the gradient is the one a
+single process would compute. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pydantic import Field
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_model
+from torch import Tensor, nn
+
+from kefu.config import StrictModel
+from kefu.console import settings, stderr
+from kefu.errors import KefuError
+from kefu.models.checkpoint import METRICS, save_weights
+
+IGNORE = -100  # target id that carries no loss (padding, customer turns)
+
+
+class TrainConfig(StrictModel):
+    """How to train: steps, batch, optimizer, schedule, evaluation, precision."""
+
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps in all.")
+    batch_size: int = Field(
+        16, ge=1, description="Sequences per optimizer step, across all processes."
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-batches the batch is split into (to save memory)."
+    )
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Final learning rate as a share of the peak."
+    )
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up from 0 to the peak.")
+    weight_decay: float = Field(
+        0.1, ge=0, description="AdamW weight decay on matrices (not norms)."
+    )
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm to this; null: no clipping."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    eval_every: int = Field(100, ge=1, description="Evaluate (and checkpoint) every N steps.")
+    eval_batches: int = Field(20, ge=1, description="Validation batches per evaluation.")
+    early_stopping: int | None = Field(
+        None, ge=1, description="Stop after N evaluations without improvement."
+    )
+    seed: int = Field(0, description="Seeds initialisation, data order and dropout.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast (CPU or CUDA) or plain fp32."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train; auto takes CUDA when present."
+    )
+    time_limit_minutes: float | None = Field(
+        None, gt=0, description="Stop (and save) after this long."
+    )
+
+
+class Batches(Protocol):
+    """Training or validation data: batch `index` of `size` rows, the same on every call."""
+
+    def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
+        """(inputs, targets), both (size, T); targets hold IGNORE where there is no loss."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best_valid_loss: float | None
+    stopped_early: bool
+    last_train_loss: float | None
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise KefuError(
+            "the recipe asks for device: cuda, but no CUDA device is available; use auto or cpu"
+        )
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio · lr at max_steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    betas = (config.beta1, config.beta2)
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError):  # fused kernels are missing for some device/dtype pairs
+        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, foreach=device.type == "cuda")
+
+
+class _Distributed:
+    """This process's place in a torchrun group (a group of one without torchrun)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def total(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return float(tensor.item())
+
+
+def _token_losses(
+    model: nn.Module, inputs: Tensor, targets: Tensor, smoothing: float, autocast: bool
+) -> Tensor:
+    """Summed cross-entropy over the target tokens of one micro-batch."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(inputs)
+    return F.cross_entropy(
+        logits.float().flatten(0, 1),
+        targets.flatten(),
+        ignore_index=IGNORE,
+        reduction="sum",
+        label_smoothing=smoothing,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Batches,
+    batches: int,
+    batch_size: int,
+    autocast: bool,
+    device: torch.device,
+) -> float:
+    """Mean cross-entropy per target token over the first `batches` batches of `data`."""
+    was_training = model.training
+    model.eval()
+    total = tokens = 0.0
+    for index in range(batches):
+        inputs, targets = (t.to(device) for t in data.batch(index, batch_size))
+        total += float(_token_losses(model, inputs, targets, 0.0, autocast))
+        tokens += int((targets != IGNORE).sum())
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+class _Checkpoint:
+    """checkpoint/ in the run folder: weights plus everything else needed to resume exactly."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = run_dir / "checkpoint"
+
+    def exists(self) -> bool:
+        return (self.folder / "trainer.pt").is_file()
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.folder.parent))
+        try:
+            save_weights(model, staging / "model.safetensors")
+            rng = {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "rng": rng, **state}, staging / "trainer.pt"
+            )
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+            staging.rename(self.folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        load_model(model, str(self.folder / "model.safetensors"))
+        saved = torch.load(self.folder / "trainer.pt", weights_only=True)
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        rng = saved.pop("rng")
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return saved
+
+
+def train(
+    model: nn.Module,
+    train_data: Batches,
+    valid_data: Batches | None,
+    config: TrainConfig,
+    run_dir: str | Path,
+    save_model: Callable[[nn.Module], None],
+    resume: bool = False,
+    stop_at_step: int | None = None,
+) -> TrainResult:
+    """Train `model` in place; write metrics, checkpoints and (via `save_model`) the best model.
+
+    Args:
+        save_model: writes the model into the run folder; called with the unwrapped model
+            whenever validation improves (or at the end when there is no validation data).
+        resume: continue from run_dir/checkpoint.
+        stop_at_step: stop after this step as if interrupted (the schedule still spans max_steps).
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    group = _Distributed(device)
+    torch.manual_seed(config.seed)
+    model.to(device).train()
+    optimizer = _optimizer(model, config, device)
+    checkpoint = _Checkpoint(run_dir)
+    metrics_path = run_dir / METRICS
+    state = {"step": 0, "best": None, "stale": 0, "tokens": 0}
+    if resume:
+        if not checkpoint.exists():
+            raise KefuError(
+                f"nothing to resume in {run_dir}: no checkpoint/ folder; start without --resume"
+            )
+        state.update(checkpoint.load(model, optimizer))
+    elif group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path.unlink(missing_ok=True)
+    wrapped = nn.parallel.DistributedDataParallel(model) if group.world > 1 else model
+    autocast = config.precision == "bf16"
+    rows = config.batch_size // group.world
+    if rows * group.world != config.batch_size or rows % config.grad_accum:
+        raise KefuError(
+            f"batch_size {config.batch_size} must split evenly over {group.world} process(es) "
+            f"and then into grad_accum {config.grad_accum} micro-batches"
+        )
+    micro = rows // config.grad_accum
+    last = min(config.max_steps, stop_at_step or config.max_steps)
+    started, window_loss, window_steps, stopped_early, train_loss = (
+        time.perf_counter(),
+        0.0,
+        0,
+        False,
+        None,
+    )
+    tokens_before = state["tokens"]
+    with _progress(last - state["step"]) as bar:
+        task = bar.add_task("train", total=last - state["step"], loss="-", lr="-", speed="-")
+        while state["step"] < last:
+            step = state["step"]
+            inputs, targets = train_data.batch(step, config.batch_size)
+            mine = slice(group.rank * rows, (group.rank + 1) * rows)
+            inputs, targets = inputs[mine].to(device), targets[mine].to(device)
+            tokens = group.total(float((targets != IGNORE).sum()))
+            for group_param in optimizer.param_groups:
+                group_param["lr"] = learning_rate(step, config)
+            loss_sum = 0.0
+            for part in range(config.grad_accum):
+                chunk = slice(part * micro, (part + 1) * micro)
+                loss = _token_losses(
+                    wrapped, inputs[chunk], targets[chunk], config.label_smoothing, autocast
+                )
+                # DDP averages gradients over processes; scaling by world makes that a global mean.
+                (loss * group.world / max(tokens, 1)).backward()
+                loss_sum += float(loss.detach())
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = group.total(loss_sum) / max(tokens, 1)
+            window_loss, window_steps = window_loss + train_loss, window_steps + 1
+            # Throughput counts every position computed (padding included), as benchmarks do.
+            state["step"], state["tokens"] = (
+                step + 1,
+                state["tokens"] + inputs.numel() * group.world,
+            )
+            elapsed = time.perf_counter() - started
+            speed = (state["tokens"] - tokens_before) / elapsed
+            bar.update(
+                task,
+                advance=1,
+                loss=f"{train_loss:.3f}",
+                lr=f"{learning_rate(step, config):.2e}",
+                speed=f"{speed:,.0f}",
+            )
+            timed_out = (
+                config.time_limit_minutes is not None and elapsed > 60 * config.time_limit_minutes
+            )
+            if state["step"] % config.eval_every == 0 or state["step"] == last or timed_out:
+                record = {
+                    "step": state["step"],
+                    "train_loss": round(window_loss / window_steps, 5),
+                    "lr": learning_rate(step, config),
+                    "tokens": state["tokens"],
+                    "elapsed_s": round(elapsed, 2),
+                }
+                window_loss, window_steps = 0.0, 0
+                if valid_data is not None:
+                    valid = evaluate(
+                        model, valid_data, config.eval_batches, micro, autocast, device
+                    )
+                    record |= {
+                        "valid_loss": round(valid, 5),
+                        "valid_ppl": round(math.exp(min(valid, 50)), 3),
+                    }
+                    if state["best"] is None or valid < state["best"]:
+                        state["best"], state["stale"] = valid, 0
+                        if group.main:
+                            save_model(model)
+                    else:
+                        state["stale"] += 1
+                if group.main:
+                    with open(metrics_path, "a", encoding="utf-8") as metrics:
+                        metrics.write(json.dumps(record) + "\n")
+                    checkpoint.save(model, optimizer, dict(state))
+                if config.early_stopping and state["stale"] >= config.early_stopping:
+                    stopped_early = True
+                    break
+                if timed_out:
+                    break
+    if valid_data is None and group.main:
+        save_model(model)
+    if group.world > 1:
+        dist.barrier()
+    return TrainResult(state["step"], state["best"], stopped_early, train_loss)
+
+
+def _progress(total: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=settings.quiet or int(os.environ.get("RANK", "0")) != 0,
+    )

@@ -1,0 +1,108 @@
+"""`kefu train lm` and `kefu train chat`: set up from a recipe, then hand over to the loop.
+
+The two commands differ only in their data (`task`): packed text for lm, conversations with the
+loss on the assistant's replies for chat. A run folder can start from another run's weights
+(`--init RUN`), which is how a model pre-trained with lm is fine-tuned with chat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kefu.console import note
+from kefu.data.folder import split_texts
+from kefu.errors import KefuError
+from kefu.models import build_model
+from kefu.models.checkpoint import CONFIG, TOKENIZER, load_run, read_run_config, save_run
+from kefu.text.tokenizer import ChatTokenizer, train_tokenizer
+from kefu.train.data import build_batches, check_data
+from kefu.train.loop import TrainResult, train
+from kefu.train.recipe import TrainRecipe
+
+
+@dataclass
+class TrainingSummary:
+    run_dir: Path
+    arch: str
+    parameters: int
+    train_tokens: int
+    result: TrainResult
+
+
+def _tokenizer(recipe: TrainRecipe, data_dir: Path, run_dir: Path, resume: bool) -> ChatTokenizer:
+    if resume:
+        return ChatTokenizer.load(run_dir / TOKENIZER)
+    if recipe.tokenizer:
+        return ChatTokenizer.load(recipe.tokenizer)
+    note(f"no tokenizer given: training a {recipe.tokenizer_vocab_size}-token one on {data_dir}")
+    return train_tokenizer(split_texts([data_dir]), recipe.tokenizer_vocab_size)
+
+
+def run_training(
+    recipe: TrainRecipe,
+    run_dir: str | Path,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    stop_at_step: int | None = None,
+) -> TrainingSummary:
+    """Train the recipe's model into `run_dir` (a new folder, or an interrupted run with `resume`).
+
+    Args:
+        init_from: a run folder whose weights (and tokenizer) the model starts from.
+        stop_at_step: stop after this step as if interrupted (for tests of resume).
+    """
+    run_dir = Path(run_dir)
+    if recipe.data is None:
+        raise KefuError("no training data: give --data DATA_FOLDER or set `data:` in the recipe")
+    data_dir = Path(recipe.data)
+    check_data(data_dir, recipe.task)
+    if resume:
+        recorded = read_run_config(run_dir)
+        if recorded["arch"] != recipe.arch:
+            raise KefuError(
+                f"{run_dir} was trained as {recorded['arch']!r}; resume it with --arch {recorded['arch']}"
+            )
+    elif (run_dir / CONFIG).exists() or (run_dir / "checkpoint").exists():
+        raise KefuError(
+            f"{run_dir} already holds a run; continue it with --resume or choose a new --out"
+        )
+
+    base = load_run(init_from, arch=recipe.arch) if init_from else None
+    tokenizer = base.tokenizer if base else _tokenizer(recipe, data_dir, run_dir, resume)
+    model_config = getattr(recipe, recipe.arch).model_copy(
+        update={"vocab_size": tokenizer.vocab_size}
+    )
+    if base is not None:
+        model_config = model_config.model_validate(base.config["model"])
+    elif resume:  # the shape the run was started with, whatever the recipe says now
+        model_config = model_config.model_validate(recorded["model"])
+    torch.manual_seed(recipe.train.seed)
+    model = base.model.train() if base else build_model(recipe.arch, model_config)
+    block = model_config.context_length
+    train_data = build_batches(recipe.task, data_dir, "train", tokenizer, block, recipe.train.seed)
+    try:
+        valid_data = build_batches(
+            recipe.task, data_dir, "valid", tokenizer, block, recipe.train.seed
+        )
+    except KefuError:
+        valid_data = None
+        note(f"[yellow]{data_dir} has no usable valid split: no evaluation or early stopping[/]")
+    described: dict[str, Any] = json.loads(recipe.model_dump_json())
+    note(
+        f"training a {model.num_parameters():,}-parameter {recipe.arch} ({recipe.task}) on "
+        f"{train_data.tokens:,} tokens of {data_dir} into {run_dir}"
+    )
+
+    def save(trained: torch.nn.Module) -> None:
+        save_run(run_dir, recipe.arch, trained, tokenizer, described)
+
+    if not resume and int(os.environ.get("RANK", "0")) == 0:
+        save(model)  # the folder is a loadable run from the start, and --resume knows its arch
+    result = train(model, train_data, valid_data, recipe.train, run_dir, save, resume, stop_at_step)
+    return TrainingSummary(run_dir, recipe.arch, model.num_parameters(), train_data.tokens, result)
