@@ -1,5 +1,8 @@
 """The `kefu` command. One table, `COMMANDS`, maps each command to the function that runs it.
 
+Commands that need torch or transformers import them when they run, so `kefu --help` and the
+data commands start in a fraction of a second.
+
 Exit status: 0 done; 1 bad input or a failure, explained in one paragraph; 2 a usage error.
 Results go to stdout, progress and notes to stderr (`--quiet` hides them).
 """
@@ -24,11 +27,8 @@ from kefu.data.ingest import ingest
 from kefu.data.readers import FORMATS
 from kefu.data.records import SPLITS
 from kefu.errors import KefuError
-from kefu.models.hf_export import export_hf
 from kefu.project import build, init
 from kefu.text.tokenizer import ChatTokenizer, train_tokenizer
-from kefu.train.recipe import TrainRecipe
-from kefu.train.run import run_training
 
 
 def init_command(
@@ -299,6 +299,9 @@ def _train(
     max_steps: int | None,
     minutes: float | None,
 ) -> None:
+    from kefu.train.recipe import TrainRecipe
+    from kefu.train.run import run_training
+
     fields: dict[str, Any] = {"kind": "train", "task": task}
     if recipe is not None:
         fields = load_config(recipe, kind="train").model_dump()
@@ -368,6 +371,8 @@ def export_hf_command(
     ],
 ) -> None:
     """Export a GPT run as a Hugging Face Llama model folder any Llama engine can serve."""
+    from kefu.models.hf_export import export_hf
+
     stdout.print(f"wrote {export_hf(run, out)}")
 
 

@@ -1,7 +1,7 @@
 """The terminal chat behind `kefu chat RUN`: read lines, stream replies, keep the conversation.
 
-Input and output are plain callables' worth of text, so the loop knows nothing of terminals:
-the CLI feeds it stdin's lines and a `write` that prints and flushes; tests feed it a list.
+Input is any iterable of lines and output any callable that takes text, so the loop knows nothing
+of terminals: the CLI gives it stdin and a `write` that prints and flushes; tests give it a list.
 """
 
 from __future__ import annotations
