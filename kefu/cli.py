@@ -376,6 +376,88 @@ def export_hf_command(
     stdout.print(f"wrote {export_hf(run, out)}")
 
 
+def eval_lm(
+    run: Annotated[Path, typer.Argument(help="A run folder from `kefu train lm|chat`.")],
+    data: Annotated[Path, typer.Option(help="Data folder to evaluate on.")] = ...,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    replies: Annotated[
+        int, typer.Option(help="Customer turns to answer for BLEU/chrF/ROUGE-L (0: none).")
+    ] = 200,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest generated reply, in tokens.")] = 64,
+    baseline: Annotated[
+        bool, typer.Option(help="Also score the nearest-training-reply baseline.")
+    ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Score at most this many windows/conversations for perplexity."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for report.md, loss.png, eval.json (default: the run)."),
+    ] = None,
+) -> None:
+    """Perplexity, bits per byte and next-reply quality of a trained language model."""
+    from kefu.eval.lm import evaluate_lm
+    from kefu.models.checkpoint import load_run
+
+    results = evaluate_lm(load_run(run), data, split, replies, max_new_tokens, baseline, out, limit)
+    p = results["perplexity"]
+    stdout.print(
+        f"{run}: perplexity {p['perplexity']:.2f}, {p['bits_per_byte']:.4f} bits per byte over {p['tokens']:,} tokens of {split}"
+    )
+    for name, key in (("model", "replies"), ("nearest training reply", "nearest_reply_baseline")):
+        if key in results:
+            m = results[key]
+            stdout.print(
+                f"{name}: BLEU {m['bleu']}, chrF {m['chrf']}, ROUGE-L {m['rouge_l']}, distinct-2 {m['distinct_2']} over {m['replies']} replies"
+            )
+    stdout.print(f"report: {(out or run) / 'report.md'}")
+
+
+def chat_command(
+    run: Annotated[Path, typer.Argument(help="A run folder from `kefu train chat`.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 128,
+    temperature: Annotated[
+        float, typer.Option(help="0 for greedy; higher for more varied replies.")
+    ] = 0.0,
+    top_p: Annotated[
+        float | None, typer.Option(help="Nucleus sampling share (with temperature > 0).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    system: Annotated[
+        str | None, typer.Option(help="A system message put before the conversation.")
+    ] = None,
+) -> None:
+    """Chat with a trained model in the terminal (/reset starts over, /exit ends)."""
+    import sys
+
+    from kefu.infer.chat import chat_loop
+    from kefu.infer.generate import SamplingConfig
+    from kefu.models.checkpoint import load_run
+
+    loaded = load_run(run)
+    sampling = validate(
+        SamplingConfig,
+        {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+        },
+        "the chat options",
+        "sampling config",
+    )
+    context = loaded.model.config.context_length if loaded.arch == "gpt" else None
+    if sys.stdin.isatty():
+        note("type a message and press Enter; /reset starts over, /exit ends")
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat_loop(loaded.model, loaded.tokenizer, sampling, sys.stdin, write, system, context)
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "init": init_command,
     "build": build_command,
@@ -387,6 +469,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "train lm": train_lm,
     "train chat": train_chat,
     "export hf": export_hf_command,
+    "eval lm": eval_lm,
+    "chat": chat_command,
 }
 GROUPS = {
     "config": "Validate project files and recipes.",
@@ -394,6 +478,7 @@ GROUPS = {
     "tokenizer": "Train and inspect the byte-level BPE tokenizer.",
     "train": "Train language models from scratch or fine-tune them on conversations.",
     "export": "Export trained models to other formats.",
+    "eval": "Evaluate trained models on held-out data.",
 }
 
 

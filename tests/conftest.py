@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from kefu.console import settings
 
@@ -14,6 +15,8 @@ SHARED_DATA = Path(os.environ.get("KEFU_SHARED_DATA", REPO.parent / "shared" / "
 FIXTURES = Path(__file__).parent / "fixtures"
 
 settings.quiet = True
+# `make test` runs two workers on two cores: one thread each, or they fight over the cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

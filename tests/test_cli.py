@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 
 def kefu(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "kefu", *args],
         capture_output=True,

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from kefu.config import ConfigError, DataRecipe, ProjectConfig, load_config
+from kefu.train.recipe import TrainRecipe
 from tests.conftest import REPO
 
 SHIPPED = sorted(
@@ -21,7 +22,7 @@ def test_there_are_shipped_configs():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_loads(path):
     config = load_config(path)
-    assert isinstance(config, ProjectConfig | DataRecipe)
+    assert isinstance(config, ProjectConfig | DataRecipe | TrainRecipe)
 
 
 def test_relative_paths_are_anchored_at_the_file(tmp_path):
@@ -89,7 +90,10 @@ def test_unknown_column_field_for_the_format(tmp_path):
         ("kind: data\nformat: [unclosed\n", "FILE:3:1: invalid YAML"),
         ("- just\n- a list\n", "expected a mapping of keys starting with `kind:`"),
         ("", "expected a mapping"),
-        ("kind: model\n", "FILE:1: kind: 'model' is not a config kind; valid kinds: project, data, train"),
+        (
+            "kind: model\n",
+            "FILE:1: kind: 'model' is not a config kind; valid kinds: project, data, train",
+        ),
     ],
 )
 def test_unreadable_files(tmp_path, text, expected):

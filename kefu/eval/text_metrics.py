@@ -14,7 +14,7 @@ are computed elsewhere. Each catches a different failure, so a report shows all 
 - **distinct-n** (0-1): distinct n-grams / all n-grams over the replies. A model that answers
   everything with one canned sentence can score well above and still be useless; this exposes it.
 
-ROUGE-L and distinct-n share one tokenizer, `_tokens`: lower-cased word runs for English, and for
+ROUGE-L and distinct-n share one tokenizer, `words`: lower-cased word runs for English, and for
 Chinese each CJK character is a token while Latin and digit runs stay whole (order numbers, "App").
 """
 
@@ -55,7 +55,7 @@ def _has_cjk(text: str) -> bool:
     return _HAS_CJK.search(text) is not None
 
 
-def _tokens(text: str, language: str) -> list[str]:
+def words(text: str, language: str) -> list[str]:
     """Lower-cased tokens for ROUGE-L and distinct-n; "auto" looks at this text alone."""
     if language == "zh" or (language == "auto" and _has_cjk(text)):
         return _CJK_OR_WORD.findall(text.lower())
@@ -117,7 +117,7 @@ def _rouge_l_f1(hypothesis: list[str], reference: list[str]) -> float:
 
 
 def rouge_l(hypotheses: list[str], references: list[str], language: str = "en") -> float:
-    """Mean sentence-level ROUGE-L F1 (0-100) over the pairs, on `_tokens` tokens.
+    """Mean sentence-level ROUGE-L F1 (0-100) over the pairs, on `words` tokens.
 
     Args:
         language: "en", "zh" or "auto" (decided per text by the presence of CJK characters).
@@ -125,7 +125,7 @@ def rouge_l(hypotheses: list[str], references: list[str], language: str = "en") 
     _check_language(language)
     _check_pairs(hypotheses, references)
     scores = [
-        _rouge_l_f1(_tokens(hypothesis, language), _tokens(reference, language))
+        _rouge_l_f1(words(hypothesis, language), words(reference, language))
         for hypothesis, reference in zip(hypotheses, references, strict=True)
     ]
     return sum(scores) / len(scores)
@@ -141,7 +141,7 @@ def distinct_n(texts: list[str], n: int, language: str = "en") -> float:
         raise ValueError(f"n must be at least 1, got {n}")
     ngrams: list[tuple[str, ...]] = []
     for text in texts:
-        tokens = _tokens(text, language)
+        tokens = words(text, language)
         ngrams.extend(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
     return len(set(ngrams)) / len(ngrams) if ngrams else 0.0
 

@@ -74,7 +74,10 @@ class Generation:
 
 
 def apply_repetition_penalty(logits: Tensor, history: list[list[int]], penalty: float) -> Tensor:
-    """Logits (B, V) with each row's seen tokens made less likely: positive / penalty, negative × penalty."""
+    """Logits (B, V) with the tokens each row has seen made less likely (CTRL-style).
+
+    Positive logits are divided by `penalty`, negative ones multiplied, so both move down.
+    """
     logits = logits.clone()
     for row, ids in enumerate(history):
         if not ids:

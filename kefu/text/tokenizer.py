@@ -108,6 +108,11 @@ class ChatTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def base_size(self) -> int:
+        """Tokens learnt by BPE (ids below this); the PII placeholders come after them."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=False)
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 

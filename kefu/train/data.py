@@ -6,6 +6,7 @@ a step sees depends on the step alone — the property exact resume rests on.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,11 +53,12 @@ class PackedTokens:
         self.order = _Order(self.windows, seed)
 
     def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
+        return self.rows(self.order.rows(index, size))
+
+    def rows(self, windows: Iterable[int]) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) of the given windows, in that order."""
         rows = torch.stack(
-            [
-                self.stream[w * self.block : w * self.block + self.block + 1]
-                for w in self.order.rows(index, size)
-            ]
+            [self.stream[w * self.block : w * self.block + self.block + 1] for w in windows]
         )
         return rows[:, :-1], rows[:, 1:]
 
@@ -68,18 +70,26 @@ class PackedTokens:
 class ChatExamples:
     """Conversations rendered with the chat template; targets only on the assistant's tokens."""
 
-    def __init__(self, examples: list[tuple[list[int], list[int]]], pad_id: int, seed: int) -> None:
+    def __init__(
+        self, examples: list[tuple[list[int], list[int]]], pad_id: int, block: int, seed: int
+    ) -> None:
         if not examples:
             raise KefuError("the data holds no conversation with an assistant reply to learn from")
         self.examples = examples
         self.pad_id = pad_id
+        self.block = block
         self.order = _Order(len(examples), seed)
 
     def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
-        chosen = [self.examples[r] for r in self.order.rows(index, size)]
-        width = max(len(ids) for ids, _ in chosen) - 1
-        inputs = torch.full((size, width), self.pad_id, dtype=torch.long)
-        targets = torch.full((size, width), IGNORE, dtype=torch.long)
+        return self.rows(self.order.rows(index, size))
+
+    def rows(self, indices: Iterable[int]) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) of the given conversations, in that order, padded on the right."""
+        chosen = [self.examples[r] for r in indices]
+        # Widths rounded up to a multiple of 64: every new shape costs oneDNN a new kernel.
+        width = min(self.block, -(-(max(len(ids) for ids, _ in chosen) - 1) // 64) * 64)
+        inputs = torch.full((len(chosen), width), self.pad_id, dtype=torch.long)
+        targets = torch.full((len(chosen), width), IGNORE, dtype=torch.long)
         for row, (ids, mask) in enumerate(chosen):
             n = len(ids) - 1
             inputs[row, :n] = torch.tensor(ids[:-1])
@@ -126,7 +136,7 @@ def chat_examples(
         ids, mask = truncate_left(rendered.ids, rendered.assistant_mask, block + 1, turn_starts)
         if sum(mask[1:]):
             examples.append((ids, mask))
-    return ChatExamples(examples, tokenizer.pad_id, seed)
+    return ChatExamples(examples, tokenizer.pad_id, block, seed)
 
 
 def token_stream(data_dir: str | Path, split: str, tokenizer: ChatTokenizer) -> Tensor:

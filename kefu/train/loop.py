@@ -348,6 +348,12 @@ def train(
                 if group.main:
                     with open(metrics_path, "a", encoding="utf-8") as metrics:
                         metrics.write(json.dumps(record) + "\n")
+                    valid_text = (
+                        f", valid loss {record['valid_loss']:.4f}" if "valid_loss" in record else ""
+                    )
+                    bar.console.log(
+                        f"step {state['step']}: train loss {record['train_loss']:.4f}{valid_text}, {speed:,.0f} tok/s"
+                    )
                     checkpoint.save(model, optimizer, dict(state))
                 if config.early_stopping and state["stale"] >= config.early_stopping:
                     stopped_early = True

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from kefu.eval.text_metrics import (
     _lcs_length,
-    _tokens,
     corpus_bleu,
     corpus_chrf,
     distinct_n,
     reply_metrics,
     rouge_l,
+    words,
 )
 
 EN_HYPS = [
@@ -62,7 +62,7 @@ def test_auto_language_follows_most_references():
 
 
 def test_tokens_split_chinese_by_character_and_keep_latin_runs():
-    assert _tokens("订单A123已发货，App正常", "zh") == [
+    assert words("订单A123已发货，App正常", "zh") == [
         "订",
         "单",
         "a123",
@@ -73,9 +73,9 @@ def test_tokens_split_chinese_by_character_and_keep_latin_runs():
         "正",
         "常",
     ]
-    assert _tokens("Hello, World! It's 5pm.", "en") == ["hello", "world", "it", "s", "5pm"]
-    assert _tokens("订单A123", "auto") == ["订", "单", "a123"]
-    assert _tokens("Order A123", "auto") == ["order", "a123"]
+    assert words("Hello, World! It's 5pm.", "en") == ["hello", "world", "it", "s", "5pm"]
+    assert words("订单A123", "auto") == ["订", "单", "a123"]
+    assert words("Order A123", "auto") == ["order", "a123"]
 
 
 def test_rouge_l_english_golden_value():

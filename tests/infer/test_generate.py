@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from kefu.infer.generate import (
 )
 from tests.infer.conftest import REPLIES, prompt_for
 
-PROMPTS = ["Hello, I lost my card", "我的银行卡", "Thanks 😊 转账失败了，钱什么时候退回？"]
+PROMPTS = ["Hello, I lost my card", "我的银行卡", "Thanks 😊 退回？"]
 
 
 def reference_greedy(model, tokenizer, prompt: list[int], max_new_tokens: int) -> list[int]:
@@ -29,12 +31,13 @@ def reference_greedy(model, tokenizer, prompt: list[int], max_new_tokens: int) -
     return out
 
 
-@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+@pytest.mark.parametrize("arch", ["gpt", "lstm", "trained_gpt"])
 def test_greedy_equals_full_forward_reference(arch, request, tokenizer):
     model = request.getfixturevalue(arch)
     config = SamplingConfig(max_new_tokens=20)
-    for text in PROMPTS:
-        prompt = tokenizer.encode(text)
+    prompts = [tokenizer.encode(text) for text in PROMPTS]
+    prompts += [prompt_for(tokenizer, message) for message in [*REPLIES, "hello 你好"]]
+    for prompt in prompts:
         (result,) = generate(model, tokenizer, [prompt], config)
         expected = reference_greedy(model, tokenizer, prompt, 20)
         assert result.ids == expected
@@ -131,8 +134,8 @@ def test_top_k_and_top_p_sample_only_from_the_kept_tokens():
 def test_repetition_penalty_golden_values():
     logits = torch.tensor([[2.0, 1.8, -1.0, -1.2, 0.5]])
     penalised = apply_repetition_penalty(logits, [[0, 3, 3]], 2.0)
-    assert penalised.tolist() == [[1.0, 1.8, -1.0, -2.4, 0.5]]
-    assert logits.tolist() == [[2.0, 1.8, -1.0, -1.2, 0.5]]  # the input is left alone
+    assert torch.equal(penalised, torch.tensor([[1.0, 1.8, -1.0, -2.4, 0.5]]))
+    assert torch.equal(logits, torch.tensor([[2.0, 1.8, -1.0, -1.2, 0.5]]))  # left alone
 
     def choice(history: list[int], penalty: float) -> int:
         config = SamplingConfig(repetition_penalty=penalty)
@@ -143,7 +146,7 @@ def test_repetition_penalty_golden_values():
     assert choice([0], 1.05) == 0  # 2.0 / 1.05 = 1.90 still beats 1.8
     assert choice([0], 2.0) == 1  # 2.0 / 2 = 1.0 loses to 1.8
     assert choice([0, 1], 2.0) == 0  # 1.0 beats 0.9
-    assert choice([0, 1, 4], 4.0) == 1  # 0.5, 0.45, 0.125
+    assert choice([0, 1], 5.0) == 4  # 0.4 and 0.36 lose to the unseen 0.5
     negative = torch.tensor([[-1.0, -1.2, -3.0, -3.0, -3.0]])
     config = SamplingConfig(repetition_penalty=1.5)
     assert int(next_token(negative, [[0]], config)[0]) == 1  # -1.0 × 1.5 = -1.5 < -1.2
@@ -153,9 +156,7 @@ def test_stream_joins_to_generate_and_never_splits_a_character(trained_gpt, toke
     prompt = prompt_for(tokenizer, "你好")
     reply_ids = tokenizer.encode(REPLIES["你好"])
     # The reply really does cut characters across tokens.
-    assert any(
-        tokenizer.decode(reply_ids[:n]).endswith("\ufffd") for n in range(1, len(reply_ids))
-    )
+    assert any(tokenizer.decode(reply_ids[:n]).endswith("\ufffd") for n in range(1, len(reply_ids)))
     config = SamplingConfig(max_new_tokens=40)
     pieces = list(stream(trained_gpt, tokenizer, prompt, config))
     assert "".join(pieces) == generate(trained_gpt, tokenizer, [prompt], config)[0].text
@@ -167,9 +168,8 @@ def test_stream_joins_to_generate_and_never_splits_a_character(trained_gpt, toke
 @pytest.mark.parametrize(
     "fields",
     [
-        {"temperature": 1.0, "seed": 3},
-        {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "repetition_penalty": 1.3, "seed": 4},
-        {"temperature": 1.0, "seed": 5, "stop": ["e", "的", "an"]},
+        {"temperature": 1.0, "seed": 0},
+        {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "repetition_penalty": 1.3, "seed": 5},
     ],
 )
 def test_sampled_stream_joins_to_generate(gpt, tokenizer, fields):
@@ -177,8 +177,24 @@ def test_sampled_stream_joins_to_generate(gpt, tokenizer, fields):
     config = SamplingConfig(max_new_tokens=30, **fields)
     pieces = list(stream(gpt, tokenizer, prompt, config))
     assert "".join(pieces) == generate(gpt, tokenizer, [prompt], config)[0].text
+    assert len(pieces) > 5
     # An untrained model may emit bytes that never make a character; only the end shows them.
     assert not any(p.endswith("\ufffd") for p in pieces[:-1])
+
+
+def test_sampled_stream_with_stop_strings_joins_to_generate(gpt, tokenizer):
+    prompt = tokenizer.encode(PROMPTS[2])
+    config = SamplingConfig(max_new_tokens=30, temperature=1.0, seed=7)
+    (free,) = generate(gpt, tokenizer, [prompt], config)
+    # Stop strings taken from the middle of the free text, so one of them surely stops it.
+    middle = len(free.text) // 2
+    stop = [free.text[middle : middle + 3], free.text[middle + 1 : middle + 2], "never"]
+    config = config.model_copy(update={"stop": stop})
+    (stopped,) = generate(gpt, tokenizer, [prompt], config)
+    cut = min(free.text.find(s) for s in stop if s in free.text)
+    assert stopped.text == free.text[:cut]
+    assert stopped.finish_reason == "stop"
+    assert "".join(stream(gpt, tokenizer, prompt, config)) == stopped.text
 
 
 def test_stream_holds_back_a_possible_stop_string(trained_gpt, tokenizer):
@@ -196,7 +212,7 @@ def test_settled_text_holds_back_partial_characters_token_by_token(tokenizer):
     decoded = [tokenizer.decode(ids[:n]) for n in range(len(ids) + 1)]
     assert sum(d.endswith("\ufffd") for d in decoded) >= 3  # the byte splits really happen
     settled = [settled_text(d) for d in decoded]
-    for earlier, later in zip(settled, settled[1:], strict=False):
+    for earlier, later in itertools.pairwise(settled):
         assert not later.endswith("\ufffd")
         assert later.startswith(earlier)
         assert text.startswith(later)

@@ -110,13 +110,16 @@ def test_training_reduces_loss_and_early_stopping_stops(tmp_path):
 
 def test_chat_batches_put_loss_on_assistant_tokens_only():
     examples = [([5, 6, 7, 8, 9], [0, 0, 1, 1, 1]), ([5, 7, 9], [0, 1, 1])]
-    data = ChatExamples(examples, pad_id=0, seed=0)
+    data = ChatExamples(examples, pad_id=0, block=256, seed=0)
     inputs, targets = data.batch(0, 2)
-    by_length = sorted(
-        zip(inputs.tolist(), targets.tolist(), strict=True), key=lambda row: -row[0].count(0)
+    assert inputs.shape == targets.shape == (2, 64)  # widths are rounded up to 64
+    rows = sorted(
+        zip(inputs[:, :4].tolist(), targets[:, :4].tolist(), strict=True),
+        key=lambda r: -r[0].count(0),
     )
-    assert by_length[0] == ([5, 7, 0, 0], [7, 9, IGNORE, IGNORE])
-    assert by_length[1] == ([5, 6, 7, 8], [IGNORE, 7, 8, 9])
+    assert rows[0] == ([5, 7, 0, 0], [7, 9, IGNORE, IGNORE])
+    assert rows[1] == ([5, 6, 7, 8], [IGNORE, 7, 8, 9])
+    assert (targets[:, 4:] == IGNORE).all() and (inputs[:, 4:] == 0).all()
 
 
 def test_history_is_cut_from_the_left_at_a_turn_boundary():
