@@ -12,11 +12,12 @@ Sizes: "chat" is the GPT of recipes/train/chat.yaml (4 layers, 256 wide, 4 heads
 vocab 8000); "gpt2-small" is the GPU reference size of ../shared/BENCHMARKS.md (12 layers, 768
 wide, 12 heads, context 1024, vocab 50304). On CUDA the table adds MFU: (6·N + 12·n_layer·
 d_model·T) FLOPs per token against --peak-tflops, N counting the tied output matrix once.
-Target: kefu ÷ HF >= 1.2 tokens/s at every dtype. `--profile` prints the top ops of both.
+Target: kefu ÷ HF >= 1.2 tokens/s at every dtype. `--compile` adds both models under
+torch.compile (the same modules, so the same weights). `--profile` prints the top ops of both.
 
     .venv/bin/python bench/train_throughput.py [--quick] [--size chat|gpt2-small]
         [--device cpu|cuda] [--batch N] [--context T] [--steps N] [--dtypes fp32,bf16]
-        [--threads N] [--profile]
+        [--threads N] [--compile] [--profile]
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ SIZES: dict[str, dict[str, int]] = {
         "d_model": 768,
     },
 }
-IMPLS = ("kefu", "HF")
+PAIRS = [("kefu", "HF")]
+COMPILED_PAIR = ("kefu compiled", "HF compiled")
 Forward = Callable[[Tensor], Tensor]
 
 
@@ -167,6 +169,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="for MFU (CUDA only)")
     parser.add_argument("--profile", action="store_true", help="print top ops of both models")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's own)")
+    parser.add_argument("--compile", action="store_true", help="also time both under torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -188,6 +191,11 @@ def main() -> None:
         "kefu": gpt,
         "HF": lambda ids: hf(input_ids=ids, use_cache=False).logits,
     }
+    pairs = PAIRS + ([COMPILED_PAIR] if args.compile else [])
+    if args.compile:  # the same modules compiled: they share weights and optimizer state
+        compiled_hf = torch.compile(hf)
+        forwards[COMPILED_PAIR[0]] = torch.compile(gpt)
+        forwards[COMPILED_PAIR[1]] = lambda ids: compiled_hf(input_ids=ids, use_cache=False).logits
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(config.vocab_size, (batch, context + 1), generator=generator)
     inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
@@ -196,6 +204,8 @@ def main() -> None:
     assert abs(losses["kefu"] - losses["HF"]) < 1e-4, losses
 
     optimizers = {"kefu": optimizer(gpt, args.lr), "HF": optimizer(hf, args.lr)}
+    for kefu_name, hf_name in pairs[1:]:
+        optimizers[kefu_name], optimizers[hf_name] = optimizers["kefu"], optimizers["HF"]
     fused = all(is_fused for _, is_fused in optimizers.values())
     flops = flops_per_token(gpt, context)
     figures: dict[str, Any] = {
@@ -215,24 +225,28 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for dtype in dtypes:
         bf16 = dtype == "bf16"
+        names = [name for pair in pairs for name in pair]
         steps = {
             name: partial(train_step, forwards[name], optimizers[name][0], inputs, targets, bf16)
-            for name in IMPLS
+            for name in names
         }
         seconds = time_steps(steps, warmup, timed, device)
-        for name in IMPLS:
-            step_s = statistics.median(seconds[name])
-            rate = batch * context / step_s
-            mfu = rate * flops / (args.peak_tflops * 1e12)
-            rows.append(
-                {"impl": name, "dtype": dtype, "rate": rate, "ms": 1e3 * step_s, "mfu": mfu}
-            )
-            figures[f"{dtype}_{name.lower()}_tokens_per_s"] = round(rate)
-            figures[f"{dtype}_{name.lower()}_ms_per_step"] = round(1e3 * step_s, 2)
-            if device.type == "cuda":
-                figures[f"{dtype}_{name.lower()}_mfu"] = round(mfu, 4)
-        rows[-2]["ratio"] = rows[-2]["rate"] / rows[-1]["rate"]  # shown on the kefu row
-        figures[f"{dtype}_kefu_vs_hf"] = round(rows[-2]["ratio"], 3)
+        for kefu_name, hf_name in pairs:
+            for name in (kefu_name, hf_name):
+                step_s = statistics.median(seconds[name])
+                rate = batch * context / step_s
+                mfu = rate * flops / (args.peak_tflops * 1e12)
+                rows.append(
+                    {"impl": name, "dtype": dtype, "rate": rate, "ms": 1e3 * step_s, "mfu": mfu}
+                )
+                key = f"{dtype}_{name.lower().replace(' ', '_')}"
+                figures[f"{key}_tokens_per_s"] = round(rate)
+                figures[f"{key}_ms_per_step"] = round(1e3 * step_s, 2)
+                if device.type == "cuda":
+                    figures[f"{key}_mfu"] = round(mfu, 4)
+            rows[-2]["ratio"] = rows[-2]["rate"] / rows[-1]["rate"]  # shown on the kefu row
+            suffix = "_compiled" if kefu_name != "kefu" else ""
+            figures[f"{dtype}_kefu_vs_hf{suffix}"] = round(rows[-2]["ratio"], 3)
         if args.profile:
             profile(steps, device)
 
@@ -242,7 +256,7 @@ def main() -> None:
         f"median of {timed} steps after {warmup}"
     )
     show(rows, setting, device.type == "cuda")
-    worst = min(figures[f"{dtype}_kefu_vs_hf"] for dtype in dtypes)
+    worst = min(v for k, v in figures.items() if "_kefu_vs_hf" in k)
     figures.update(target_ratio=TARGET, meets_target=worst >= TARGET)
     print(json.dumps(figures))
 

@@ -136,7 +136,7 @@ class NearestReply:
         frequency = Counter(word for document in documents for word in document)
         self.vocabulary = {word: i for i, word in enumerate(frequency)}
         self.idf = torch.tensor([math.log(len(documents) / frequency[w]) + 1 for w in frequency])
-        self.matrix = self._vectors(documents).to_sparse_csr()
+        self.matrix = self._vectors(documents)
 
     def _vectors(self, documents: list[Counter[str]]) -> torch.Tensor:
         rows, cols, values = [], [], []
@@ -147,8 +147,9 @@ class NearestReply:
                     cols.append(self.vocabulary[word])
                     values.append(count * float(self.idf[self.vocabulary[word]]))
         dense_shape = (len(documents), len(self.vocabulary))
+        indices = torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1)
         matrix = torch.sparse_coo_tensor(
-            torch.tensor([rows, cols]), torch.tensor(values), dense_shape
+            indices, torch.tensor(values), dense_shape, check_invariants=True
         ).coalesce()
         norms = (
             torch.zeros(len(documents))
@@ -156,11 +157,11 @@ class NearestReply:
             .sqrt()
         )
         scaled = matrix.values() / norms[matrix.indices()[0]].clamp(min=1e-12)
-        return torch.sparse_coo_tensor(matrix.indices(), scaled, dense_shape)
+        return torch.sparse_coo_tensor(matrix.indices(), scaled, dense_shape, check_invariants=True)
 
     def answer(self, questions: list[str]) -> list[str]:
         queries = self._vectors([Counter(words(q, "auto")) for q in questions]).to_dense()
-        scores = (self.matrix @ queries.T).to_dense()  # (train, questions)
+        scores = torch.sparse.mm(self.matrix, queries.T)  # (train, questions)
         return [self.replies[int(i)] for i in scores.argmax(dim=0)]
 
 

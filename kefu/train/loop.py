@@ -76,6 +76,9 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 autocast (CPU or CUDA) or plain fp32."
     )
+    compile: bool = Field(
+        False, description="torch.compile the model: slower start (about a minute), faster steps."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train; auto takes CUDA when present."
     )
@@ -244,127 +247,163 @@ def train(
         resume: continue from run_dir/checkpoint.
         stop_at_step: stop after this step as if interrupted (the schedule still spans max_steps).
     """
-    run_dir = Path(run_dir)
-    device = resolve_device(config.device)
-    group = _Distributed(device)
-    torch.manual_seed(config.seed)
-    model.to(device).train()
-    optimizer = _optimizer(model, config, device)
-    checkpoint = _Checkpoint(run_dir)
-    metrics_path = run_dir / METRICS
-    state = {"step": 0, "best": None, "stale": 0, "tokens": 0}
-    if resume:
-        if not checkpoint.exists():
-            raise KefuError(
-                f"nothing to resume in {run_dir}: no checkpoint/ folder; start without --resume"
-            )
-        state.update(checkpoint.load(model, optimizer))
-    elif group.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path.unlink(missing_ok=True)
-    wrapped = nn.parallel.DistributedDataParallel(model) if group.world > 1 else model
-    autocast = config.precision == "bf16"
-    rows = config.batch_size // group.world
-    if rows * group.world != config.batch_size or rows % config.grad_accum:
-        raise KefuError(
-            f"batch_size {config.batch_size} must split evenly over {group.world} process(es) "
-            f"and then into grad_accum {config.grad_accum} micro-batches"
-        )
-    micro = rows // config.grad_accum
+    session = _Session(model, config, Path(run_dir), save_model, resume)
     last = min(config.max_steps, stop_at_step or config.max_steps)
-    started, window_loss, window_steps, stopped_early, train_loss = (
-        time.perf_counter(),
-        0.0,
-        0,
-        False,
-        None,
-    )
-    tokens_before = state["tokens"]
-    with _progress(last - state["step"]) as bar:
-        task = bar.add_task("train", total=last - state["step"], loss="-", lr="-", speed="-")
-        while state["step"] < last:
-            step = state["step"]
-            inputs, targets = train_data.batch(step, config.batch_size)
-            mine = slice(group.rank * rows, (group.rank + 1) * rows)
-            inputs, targets = inputs[mine].to(device), targets[mine].to(device)
-            tokens = group.total(float((targets != IGNORE).sum()))
-            for group_param in optimizer.param_groups:
-                group_param["lr"] = learning_rate(step, config)
-            loss_sum = 0.0
-            for part in range(config.grad_accum):
-                chunk = slice(part * micro, (part + 1) * micro)
-                loss = _token_losses(
-                    wrapped, inputs[chunk], targets[chunk], config.label_smoothing, autocast
-                )
-                # DDP averages gradients over processes; scaling by world makes that a global mean.
-                (loss * group.world / max(tokens, 1)).backward()
-                loss_sum += float(loss.detach())
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_loss = group.total(loss_sum) / max(tokens, 1)
-            window_loss, window_steps = window_loss + train_loss, window_steps + 1
-            # Throughput counts every position computed (padding included), as benchmarks do.
-            state["step"], state["tokens"] = (
-                step + 1,
-                state["tokens"] + inputs.numel() * group.world,
-            )
-            elapsed = time.perf_counter() - started
-            speed = (state["tokens"] - tokens_before) / elapsed
-            bar.update(
-                task,
-                advance=1,
-                loss=f"{train_loss:.3f}",
-                lr=f"{learning_rate(step, config):.2e}",
-                speed=f"{speed:,.0f}",
-            )
+    stopped_early = False
+    with _progress(last - session.state["step"]) as bar:
+        task = bar.add_task(
+            "train", total=last - session.state["step"], loss="-", lr="-", speed="-"
+        )
+        while session.state["step"] < last:
+            step = session.state["step"]
+            loss = session.step(*train_data.batch(step, config.batch_size))
+            speed = session.speed()
+            lr = f"{learning_rate(step, config):.2e}"
+            bar.update(task, advance=1, loss=f"{loss:.3f}", lr=lr, speed=f"{speed:,.0f}")
             timed_out = (
-                config.time_limit_minutes is not None and elapsed > 60 * config.time_limit_minutes
+                config.time_limit_minutes is not None
+                and session.elapsed() > 60 * config.time_limit_minutes
             )
-            if state["step"] % config.eval_every == 0 or state["step"] == last or timed_out:
-                record = {
-                    "step": state["step"],
-                    "train_loss": round(window_loss / window_steps, 5),
-                    "lr": learning_rate(step, config),
-                    "tokens": state["tokens"],
-                    "elapsed_s": round(elapsed, 2),
-                }
-                window_loss, window_steps = 0.0, 0
-                if valid_data is not None:
-                    valid = evaluate(
-                        model, valid_data, config.eval_batches, micro, autocast, device
-                    )
-                    record |= {
-                        "valid_loss": round(valid, 5),
-                        "valid_ppl": round(math.exp(min(valid, 50)), 3),
-                    }
-                    if state["best"] is None or valid < state["best"]:
-                        state["best"], state["stale"] = valid, 0
-                        if group.main:
-                            save_model(model)
-                    else:
-                        state["stale"] += 1
-                if group.main:
-                    with open(metrics_path, "a", encoding="utf-8") as metrics:
-                        metrics.write(json.dumps(record) + "\n")
-                    valid_text = (
+            if (
+                session.state["step"] % config.eval_every == 0
+                or session.state["step"] == last
+                or timed_out
+            ):
+                record = session.evaluate(valid_data)
+                if session.group.main:
+                    valid = (
                         f", valid loss {record['valid_loss']:.4f}" if "valid_loss" in record else ""
                     )
                     bar.console.log(
-                        f"step {state['step']}: train loss {record['train_loss']:.4f}{valid_text}, {speed:,.0f} tok/s"
+                        f"step {record['step']}: train loss {record['train_loss']:.4f}{valid}, {speed:,.0f} tok/s"
                     )
-                    checkpoint.save(model, optimizer, dict(state))
-                if config.early_stopping and state["stale"] >= config.early_stopping:
-                    stopped_early = True
+                stopped_early = bool(
+                    config.early_stopping and session.state["stale"] >= config.early_stopping
+                )
+                if stopped_early or timed_out:
                     break
-                if timed_out:
-                    break
-    if valid_data is None and group.main:
+    if valid_data is None and session.group.main:
         save_model(model)
-    if group.world > 1:
+    if session.group.world > 1:
         dist.barrier()
-    return TrainResult(state["step"], state["best"], stopped_early, train_loss)
+    return TrainResult(
+        session.state["step"], session.state["best"], stopped_early, session.last_loss
+    )
+
+
+class _Session:
+    """One run of the loop: the model, its optimizer, where it writes, and the state it resumes."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        run_dir: Path,
+        save_model: Callable[[nn.Module], None],
+        resume: bool,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.group = _Distributed(self.device)
+        torch.manual_seed(config.seed)
+        self.model = model.to(self.device).train()
+        self.optimizer = _optimizer(model, config, self.device)
+        self.checkpoint = _Checkpoint(run_dir)
+        self.metrics_path = run_dir / METRICS
+        self.save_model = save_model
+        self.state: dict = {"step": 0, "best": None, "stale": 0, "tokens": 0}
+        if resume:
+            if not self.checkpoint.exists():
+                raise KefuError(
+                    f"nothing to resume in {run_dir}: no checkpoint/ folder; start without --resume"
+                )
+            self.state.update(self.checkpoint.load(model, self.optimizer))
+        elif self.group.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.unlink(missing_ok=True)
+        self.wrapped = nn.parallel.DistributedDataParallel(model) if self.group.world > 1 else model
+        if config.compile:
+            self.wrapped = torch.compile(self.wrapped)
+        self.autocast = config.precision == "bf16"
+        self.rows = config.batch_size // self.group.world
+        if self.rows * self.group.world != config.batch_size or self.rows % config.grad_accum:
+            raise KefuError(
+                f"batch_size {config.batch_size} must split evenly over {self.group.world} process(es) "
+                f"and then into grad_accum {config.grad_accum} micro-batches"
+            )
+        self.micro = self.rows // config.grad_accum
+        self.started, self.tokens_before = time.perf_counter(), self.state["tokens"]
+        self.window: list[float] = []  # training losses since the last evaluation
+        self.last_loss: float | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def speed(self) -> float:
+        """Tokens per second in this session, every position computed (padding included)."""
+        return (self.state["tokens"] - self.tokens_before) / self.elapsed()
+
+    def step(self, inputs: Tensor, targets: Tensor) -> float:
+        """One optimizer step on this process's rows of the global batch; the global mean loss."""
+        config, group = self.config, self.group
+        mine = slice(group.rank * self.rows, (group.rank + 1) * self.rows)
+        inputs, targets = inputs[mine].to(self.device), targets[mine].to(self.device)
+        tokens = group.total(float((targets != IGNORE).sum()))
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = learning_rate(self.state["step"], config)
+        loss_sum = 0.0
+        for part in range(config.grad_accum):
+            chunk = slice(part * self.micro, (part + 1) * self.micro)
+            loss = _token_losses(
+                self.wrapped, inputs[chunk], targets[chunk], config.label_smoothing, self.autocast
+            )
+            # DDP averages gradients over processes; scaling by world makes that a global mean.
+            (loss * group.world / max(tokens, 1)).backward()
+            loss_sum += float(loss.detach())
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = group.total(loss_sum) / max(tokens, 1)
+        self.window.append(self.last_loss)
+        self.state["step"] += 1
+        self.state["tokens"] += inputs.numel() * group.world
+        return self.last_loss
+
+    def evaluate(self, valid_data: Batches | None) -> dict:
+        """Validate, keep the best model, append to metrics.jsonl, checkpoint; the record."""
+        record = {
+            "step": self.state["step"],
+            "train_loss": round(sum(self.window) / len(self.window), 5),
+            "lr": learning_rate(self.state["step"] - 1, self.config),
+            "tokens": self.state["tokens"],
+            "elapsed_s": round(self.elapsed(), 2),
+        }
+        self.window = []
+        if valid_data is not None:
+            valid = evaluate(
+                self.model,
+                valid_data,
+                self.config.eval_batches,
+                self.micro,
+                self.autocast,
+                self.device,
+            )
+            record |= {
+                "valid_loss": round(valid, 5),
+                "valid_ppl": round(math.exp(min(valid, 50)), 3),
+            }
+            if self.state["best"] is None or valid < self.state["best"]:
+                self.state["best"], self.state["stale"] = valid, 0
+                if self.group.main:
+                    self.save_model(self.model)
+            else:
+                self.state["stale"] += 1
+        if self.group.main:
+            with open(self.metrics_path, "a", encoding="utf-8") as metrics:
+                metrics.write(json.dumps(record) + "\n")
+            self.checkpoint.save(self.model, self.optimizer, dict(self.state))
+        return record
 
 
 def _progress(total: int) -> Progress:
