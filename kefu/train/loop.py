@@ -385,7 +385,8 @@ class _Session:
                 self.model,
                 valid_data,
                 self.config.eval_batches,
-                self.micro,
+                # Every process scores the same batches, as a single process would.
+                self.config.batch_size // self.config.grad_accum,
                 self.autocast,
                 self.device,
             )
