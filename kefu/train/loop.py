@@ -134,7 +134,7 @@ def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> t
         return torch.optim.AdamW(groups, lr=config.lr, betas=betas, foreach=device.type == "cuda")
 
 
-class _Distributed:
+class Distributed:
     """This process's place in a torchrun group (a group of one without torchrun)."""
 
     def __init__(self, device: torch.device) -> None:
@@ -146,6 +146,10 @@ class _Distributed:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
 
     def total(self, value: float) -> float:
         if self.world == 1:
@@ -284,8 +288,7 @@ def train(
                     break
     if valid_data is None and session.group.main:
         save_model(model)
-    if session.group.world > 1:
-        dist.barrier()
+    session.group.barrier()
     return TrainResult(
         session.state["step"], session.state["best"], stopped_early, session.last_loss
     )
@@ -304,7 +307,7 @@ class _Session:
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        self.group = _Distributed(self.device)
+        self.group = Distributed(self.device)
         torch.manual_seed(config.seed)
         self.model = model.to(self.device).train()
         self.optimizer = _optimizer(model, config, self.device)

@@ -8,7 +8,6 @@ loss on the assistant's replies for chat. A run folder can start from another ru
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from kefu.models import build_model
 from kefu.models.checkpoint import CONFIG, TOKENIZER, load_run, read_run_config, save_run
 from kefu.text.tokenizer import ChatTokenizer, train_tokenizer
 from kefu.train.data import build_batches, check_data
-from kefu.train.loop import TrainResult, train
+from kefu.train.loop import Distributed, TrainResult, resolve_device, train
 from kefu.train.recipe import TrainRecipe
 
 
@@ -58,6 +57,8 @@ def run_training(
         stop_at_step: stop after this step as if interrupted (for tests of resume).
     """
     run_dir = Path(run_dir)
+    # Every process checks the folder before any of them writes to it.
+    group = Distributed(resolve_device(recipe.train.device))
     if recipe.data is None:
         raise KefuError("no training data: give --data DATA_FOLDER or set `data:` in the recipe")
     data_dir = Path(recipe.data)
@@ -102,7 +103,8 @@ def run_training(
     def save(trained: torch.nn.Module) -> None:
         save_run(run_dir, recipe.arch, trained, tokenizer, described)
 
-    if not resume and int(os.environ.get("RANK", "0")) == 0:
+    group.barrier()
+    if not resume and group.main:
         save(model)  # the folder is a loadable run from the start, and --resume knows its arch
     result = train(model, train_data, valid_data, recipe.train, run_dir, save, resume, stop_at_step)
     return TrainingSummary(run_dir, recipe.arch, model.num_parameters(), train_data.tokens, result)
