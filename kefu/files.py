@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,3 +28,31 @@ def replaced_atomically(path: str | Path) -> Iterator[Path]:
 def write_text_atomically(path: str | Path, text: str) -> None:
     with replaced_atomically(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def replaced_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside `path`; when the block succeeds it takes `path`'s place.
+
+    A previous folder at `path` is swapped out and removed only once the new one is in place,
+    so a failure at any point leaves either the old folder or the new one, never a half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if not path.exists():
+            staging.rename(path)
+            return
+        old = path.with_name(f"{staging.name}.old")
+        path.rename(old)
+        try:
+            staging.rename(path)
+        except OSError:
+            old.rename(path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

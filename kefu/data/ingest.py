@@ -13,8 +13,6 @@ import contextlib
 import glob
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -28,6 +26,7 @@ from kefu.data.pii import PLACEHOLDER_PATTERN, Redactor
 from kefu.data.readers import FORMATS, ReadOptions, SourceFile
 from kefu.data.records import SPLITS, Record, Reject
 from kefu.errors import KefuError
+from kefu.files import replaced_folder
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -245,11 +244,8 @@ def ingest(source: DataSource, out_dir: str | Path, name: str | None = None) -> 
     fmt = FORMATS[source.format]
     files = expand_inputs(source.inputs)
     options = ReadOptions(dict(source.columns), dict(source.roles), source.encoding)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the data folder should not be
     started = time.perf_counter()
-    try:
+    with replaced_folder(out_dir) as staging:
         reject_redactor = Redactor(source.redact.types, source.redact.allow)
         with _Writer(staging, reject_redactor) as writer, progress("bytes") as bar:
             pipeline = _Pipeline(source, writer)
@@ -284,10 +280,4 @@ def ingest(source: DataSource, out_dir: str | Path, name: str | None = None) -> 
         (staging / "stats.json").write_text(
             json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return stats

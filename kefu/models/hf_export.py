@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from transformers.utils import logging as hf_logging
 
 from kefu import __version__
 from kefu.errors import KefuError
+from kefu.files import replaced_folder
 from kefu.models.checkpoint import load_run
 from kefu.models.gpt import GPT, GPTConfig
 from kefu.text.tokenizer import END_OF_TURN, PAD, ROLE_TOKENS, ChatTokenizer
@@ -148,8 +146,8 @@ def tokenizer_config(tokenizer: ChatTokenizer, context_length: int) -> dict:
 def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write a GPT run as a Hugging Face Llama folder (weights, config, tokenizer) in `out_dir`.
 
-    The folder is built beside `out_dir` and moved into place when complete. An existing
-    `out_dir` is replaced only when it is empty or an earlier export.
+    The folder is built beside `out_dir` and moved into place when complete (kefu.files). An
+    existing `out_dir` is replaced only when it is empty or an earlier export.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_replaceable(out_dir)
@@ -176,9 +174,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
         eos_token_id=tokenizer.end_of_turn_id, pad_token_id=tokenizer.pad_id
     )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with replaced_folder(out_dir) as staging:
         with _quiet_transformers():
             hf_model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save(staging / "tokenizer.json")
@@ -189,10 +185,6 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
             staging / MARKER,
             {"kefu_version": __version__, "source_run": str(run_dir.resolve())},
         )
-        os.chmod(staging, 0o755)  # mkdtemp makes it private
-        _move_into_place(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -204,22 +196,6 @@ def _check_replaceable(out_dir: Path) -> None:
             f"{out_dir} is not empty and holds no earlier kefu export ({MARKER}); "
             "export into a new or empty folder, or remove it first"
         )
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename `staging` to `out_dir`; an old export is swapped out first and removed after."""
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-    old.rmdir()
-    out_dir.rename(old)
-    try:
-        staging.rename(out_dir)
-    except OSError:
-        old.rename(out_dir)  # put the previous export back rather than leave nothing
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

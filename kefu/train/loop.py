@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from torch import Tensor, nn
 from kefu.config import StrictModel
 from kefu.console import settings, stderr
 from kefu.errors import KefuError
+from kefu.files import replaced_folder
 from kefu.models.checkpoint import METRICS, save_weights
 
 IGNORE = -100  # target id that carries no loss (padding, customer turns)
@@ -205,8 +204,7 @@ class _Checkpoint:
         return (self.folder / "trainer.pt").is_file()
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.folder.parent))
-        try:
+        with replaced_folder(self.folder) as staging:
             save_weights(model, staging / "model.safetensors")
             rng = {
                 "torch": torch.get_rng_state(),
@@ -215,12 +213,6 @@ class _Checkpoint:
             torch.save(
                 {"optimizer": optimizer.state_dict(), "rng": rng, **state}, staging / "trainer.pt"
             )
-            if self.folder.exists():
-                shutil.rmtree(self.folder)
-            staging.rename(self.folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
     def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         load_model(model, str(self.folder / "model.safetensors"))
