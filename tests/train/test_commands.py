@@ -230,3 +230,43 @@ def test_bad_inputs_give_clear_errors(chats, tmp_path):
         "--resume",
     )
     assert result.returncode == 1 and "resume it with --arch lstm" in result.stderr
+
+
+def test_the_lstm_trains_evaluates_and_chats_from_the_command_line(chats, tmp_path):
+    run = tmp_path / "lstm"
+    made = kefu(
+        "train",
+        "chat",
+        "--recipe",
+        str(recipe(tmp_path, "chat")),
+        "--arch",
+        "lstm",
+        "--data",
+        str(chats / "data"),
+        "--out",
+        str(run),
+    )
+    assert made.returncode == 0, made.stderr
+    assert "trained lstm" in made.stdout
+    evaluated = kefu(
+        "eval",
+        "lm",
+        str(run),
+        "--data",
+        str(chats / "data"),
+        "--replies",
+        "3",
+        "--max-new-tokens",
+        "6",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((run / "eval.json").read_text())["arch"] == "lstm"
+    talked = subprocess.run(
+        [sys.executable, "-m", "kefu", "chat", str(run), "--max-new-tokens", "4"],
+        input="where is my card?\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert talked.returncode == 0 and talked.stdout.count("assistant>") == 1, talked.stderr
