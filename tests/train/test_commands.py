@@ -270,3 +270,39 @@ def test_the_lstm_trains_evaluates_and_chats_from_the_command_line(chats, tmp_pa
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert talked.returncode == 0 and talked.stdout.count("assistant>") == 1, talked.stderr
+
+
+def test_chat_fine_tuning_starts_from_a_pretrained_run(chats, tmp_path):
+    pretrained, tuned = tmp_path / "lm", tmp_path / "chat"
+    args = ["--data", str(chats / "data"), "--max-steps", "3"]
+    assert (
+        kefu(
+            "train", "lm", "--recipe", str(recipe(tmp_path, "lm")), "--out", str(pretrained), *args
+        ).returncode
+        == 0
+    )
+    made = kefu(
+        "train",
+        "chat",
+        "--recipe",
+        str(recipe(tmp_path, "chat")),
+        "--init",
+        str(pretrained),
+        "--out",
+        str(tuned),
+        *args,
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tuned / "tokenizer.json").read_bytes() == (pretrained / "tokenizer.json").read_bytes()
+    # It starts where pre-training ended: its first loss is below a fresh model's first loss.
+    fresh = kefu(
+        "train",
+        "chat",
+        "--recipe",
+        str(recipe(tmp_path, "chat")),
+        "--out",
+        str(tmp_path / "fresh"),
+        *args,
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    assert metrics(tuned)[0]["train_loss"] < metrics(tmp_path / "fresh")[0]["train_loss"]
