@@ -162,7 +162,9 @@ class NearestReply:
     def answer(self, questions: list[str]) -> list[str]:
         queries = self._vectors([Counter(words(q, "auto")) for q in questions]).to_dense()
         scores = torch.sparse.mm(self.matrix, queries.T)  # (train, questions)
-        return [self.replies[int(i)] for i in scores.argmax(dim=0)]
+        # Rounded so that near-ties go to the earliest example whatever the summation order
+        # (which changes with the thread count): the baseline is the same on every machine.
+        return [self.replies[int(i)] for i in scores.mul(1e6).round().argmax(dim=0)]
 
 
 def loss_curve(run_dir: Path, out: Path) -> Path | None:
