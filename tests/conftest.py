@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,14 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+def kefu(
+    *args: str, stdin: str | None = None, module: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `kefu` command (or `module`, e.g. torchrun) in a subprocess, one thread."""
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, *(module or ["-m", "kefu"]), *args]
+    return subprocess.run(
+        command, input=stdin, capture_output=True, text=True, env=env, timeout=300
+    )

@@ -1,23 +1,8 @@
 """The real `kefu` command in a subprocess: exit codes, messages, outputs."""
 
 import json
-import os
-import subprocess
-import sys
 
-from tests.conftest import REPO
-
-
-def kefu(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "kefu", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-    )
+from tests.conftest import REPO, kefu
 
 
 def test_help_lists_the_working_commands():

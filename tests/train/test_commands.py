@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kefu.config import DataSource
 from kefu.data.ingest import ingest
+from tests.conftest import kefu
 
 TINY_RECIPE = """kind: train
 task: {task}
@@ -21,12 +19,6 @@ lstm: {{context_length: 48, n_layer: 1, d_embed: 32, d_hidden: 32, dropout: 0.0}
 tokenizer_vocab_size: 400
 train: {{max_steps: 6, batch_size: 4, warmup_steps: 2, eval_every: 3, eval_batches: 2, lr: 0.01}}
 """
-
-
-def kefu(*args: str, module: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    command = [sys.executable, *(module or ["-m", "kefu"]), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +143,7 @@ def test_train_resume_eval_chat_and_export_from_the_command_line(chats, tmp_path
     assert report["replies"]["replies"] == 4 and report["nearest_reply_baseline"]["replies"] == 4
     assert (run / "report.md").is_file() and (run / "loss.png").stat().st_size > 1000
 
-    talked = subprocess.run(
-        [sys.executable, "-m", "kefu", "chat", str(run), "--max-new-tokens", "5"],
-        input="hello\n/reset\n你好\n/exit\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    talked = kefu("chat", str(run), "--max-new-tokens", "5", stdin="hello\n/reset\n你好\n/exit\n")
     assert talked.returncode == 0, talked.stderr
     assert talked.stdout.count("assistant>") == 2
 
@@ -261,14 +246,7 @@ def test_the_lstm_trains_evaluates_and_chats_from_the_command_line(chats, tmp_pa
     )
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((run / "eval.json").read_text())["arch"] == "lstm"
-    talked = subprocess.run(
-        [sys.executable, "-m", "kefu", "chat", str(run), "--max-new-tokens", "4"],
-        input="where is my card?\n/exit\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    talked = kefu("chat", str(run), "--max-new-tokens", "4", stdin="where is my card?\n/exit\n")
     assert talked.returncode == 0 and talked.stdout.count("assistant>") == 1, talked.stderr
 
 
