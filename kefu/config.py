@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -157,6 +158,27 @@ class KnowledgeBaseConfig(StrictModel):
     )
 
 
+class EntitiesConfig(StrictModel):
+    """Entities beyond the built-in ones (amounts, dates, times, card last four, phone, e-mail)."""
+
+    patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Entity type → regular expression for the company's own ids, e.g. order_id.",
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(
+                    f"pattern of {name!r} is not a valid regular expression: {err}"
+                ) from None
+        return value
+
+
 class AssistantConfig(StrictModel):
     """How the assistant presents itself to customers."""
 
@@ -178,6 +200,9 @@ class ProjectConfig(StrictModel):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer.")
     knowledge_base: KnowledgeBaseConfig = Field(
         default_factory=KnowledgeBaseConfig, description="FAQ sources for grounded answers."
+    )
+    entities: EntitiesConfig = Field(
+        default_factory=EntitiesConfig, description="Company-specific entities."
     )
     assistant: AssistantConfig = Field(default_factory=AssistantConfig, description="Persona.")
 

@@ -105,3 +105,14 @@ def test_a_file_of_the_wrong_kind(tmp_path):
     path.write_text("kind: data\nformat: faq\ninputs: [faq.csv]\n")
     with pytest.raises(ConfigError, match="this command needs `kind: project`"):
         load_config(path, kind="project")
+
+
+def test_an_entity_pattern_that_does_not_compile(tmp_path):
+    message = check_fails(
+        tmp_path,
+        "kind: project\nname: demo\ndata: {}\nentities:\n  patterns: {order_id: 'ORD-(\\\\d+'}\n",
+    )
+    assert (
+        "FILE:5: entities.patterns: pattern of 'order_id' is not a valid regular expression"
+        in message
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 PLACEHOLDERS: dict[str, str] = {
     "EMAIL": "[EMAIL]",
@@ -88,6 +88,30 @@ def china_id_valid(number: str) -> bool:
     return _ID_CHECK[total % 11] == number[17].upper()
 
 
+def pii_type(match: re.Match[str]) -> str | None:
+    """The type of personal data a candidate match is, once validated; None if it is not."""
+    found = match.group()
+    kind = _TYPE_OF_GROUP[match.lastgroup or ""]
+    if kind == "ID_NUMBER" and not china_id_valid(found):
+        kind = "CARD"  # 18 digits with a wrong ID check character may still be a card
+    if kind == "CARD":
+        digits = found.replace(" ", "").replace("-", "")
+        if not (digits.isdigit() and digits[0] in "23456" and luhn_valid(digits)):
+            return None
+    if match.lastgroup == "PHONE_INTL" and not 8 <= sum(c.isdigit() for c in found) <= 15:
+        return None
+    return kind
+
+
+def find_pii(text: str) -> Iterator[tuple[str, re.Match[str]]]:
+    """(type, match) for each piece of personal data in `text`, as the Redactor sees them."""
+    for pattern in (_EMAILS, _NUMBERS):
+        for match in pattern.finditer(text):
+            kind = pii_type(match)
+            if kind is not None:
+                yield kind, match
+
+
 def _alnum_key(text: str) -> str:
     return "".join(c for c in text.lower() if c.isalnum())
 
@@ -115,18 +139,9 @@ class Redactor:
         return text
 
     def _replace(self, match: re.Match[str]) -> str:
-        found = match.group()
-        kind = _TYPE_OF_GROUP[match.lastgroup or ""]
-        if kind == "ID_NUMBER" and not china_id_valid(found):
-            kind = "CARD"  # 18 digits with a wrong ID check character may still be a card
-        if kind == "CARD":
-            digits = found.replace(" ", "").replace("-", "")
-            if not (digits.isdigit() and digits[0] in "23456" and luhn_valid(digits)):
-                return found
-        if match.lastgroup == "PHONE_INTL" and not 8 <= sum(c.isdigit() for c in found) <= 15:
-            return found
-        if kind not in self.types or self._is_allowed(found):
-            return found
+        kind = pii_type(match)
+        if kind is None or kind not in self.types or self._is_allowed(match.group()):
+            return match.group()
         self.counts[kind] += 1
         return PLACEHOLDERS[kind]
 
