@@ -19,7 +19,7 @@ from kefu.text.tokenizer import ChatTokenizer
 from kefu.train.loop import IGNORE
 
 
-class _Order:
+class Order:
     """Row `n` of an endless sequence of shuffled epochs over `count` rows."""
 
     def __init__(self, count: int, seed: int) -> None:
@@ -50,7 +50,7 @@ class PackedTokens:
             )
         self.stream = stream
         self.block = block
-        self.order = _Order(self.windows, seed)
+        self.order = Order(self.windows, seed)
 
     def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
         return self.rows(self.order.rows(index, size))
@@ -78,7 +78,7 @@ class ChatExamples:
         self.examples = examples
         self.pad_id = pad_id
         self.block = block
-        self.order = _Order(len(examples), seed)
+        self.order = Order(len(examples), seed)
 
     def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
         return self.rows(self.order.rows(index, size))

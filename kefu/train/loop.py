@@ -165,7 +165,7 @@ def _token_losses(
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(inputs)
     return F.cross_entropy(
-        logits.float().flatten(0, 1),
+        logits.float().flatten(0, -2),  # (B, T, V) for language models, (B, C) for classifiers
         targets.flatten(),
         ignore_index=IGNORE,
         reduction="sum",
@@ -266,7 +266,7 @@ def train(
                 or timed_out
             ):
                 record = session.evaluate(valid_data)
-                if session.group.main:
+                if session.group.main and not settings.quiet:
                     valid = (
                         f", valid loss {record['valid_loss']:.4f}" if "valid_loss" in record else ""
                     )

@@ -1,0 +1,251 @@
+"""Intent classification with out-of-scope detection: the `embed` model and what every model shares.
+
+    text ─ MiniLM (frozen) ─► 384-d unit vector ─ head (linear or MLP) ─► softmax over intents
+                                                        └─ max probability < threshold → out_of_scope
+
+The threshold is calibrated on validation data: the lowest confidence at which the answers the
+model keeps reach a target precision (default 90%), out-of-scope questions counting as mistakes
+when they are kept. Below it the assistant says it did not understand, or hands off.
+
+Training uses kefu's one loop (kefu.train.loop) over precomputed embeddings, so a head trains in
+seconds; metrics follow the CLINC150 convention (in-scope accuracy, out-of-scope recall).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kefu.data.folder import load_stats, read_split
+from kefu.errors import KefuError
+
+OUT_OF_SCOPE = "out_of_scope"
+
+
+@dataclass
+class Prediction:
+    """The chosen intent (or out_of_scope), its confidence, and the top-k alternatives."""
+
+    label: str
+    confidence: float
+    top: list[tuple[str, float]]
+
+
+def load_examples(data_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """(texts, labels) of one split of an `intents` data folder."""
+    stats = load_stats(data_dir)
+    if stats["kind"] != "intents":
+        raise KefuError(
+            f"{data_dir} holds {stats['kind']}, not intents; ingest it with --format intents"
+        )
+    records = list(read_split(data_dir, split))
+    return [r["text"] for r in records], [r["label"] for r in records]
+
+
+def check_labels(train_labels: list[str], other: list[str], split: str) -> list[str]:
+    """The label set, with clear errors for data no classifier can learn from, and warnings."""
+    counts = Counter(train_labels)
+    if len(counts) < 2:
+        raise KefuError(
+            f"the training split has {len(counts)} label(s) {sorted(counts)}; a classifier needs at least two"
+        )
+    unknown = sorted(set(other) - set(counts))
+    if unknown:
+        raise KefuError(
+            f"the {split} split has labels never seen in training: {', '.join(unknown[:5])}"
+            f"{' …' if len(unknown) > 5 else ''}; add training examples for them or fix the labels"
+        )
+    return sorted(counts)
+
+
+class IntentHead(nn.Module):
+    """A linear (hidden=0) or one-hidden-layer MLP classifier over sentence embeddings."""
+
+    def __init__(self, dim: int, labels: int, hidden: int = 0, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = (
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, labels))
+            if not hidden
+            else nn.Sequential(
+                nn.Dropout(dropout),
+                nn.Linear(dim, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, labels),
+            )
+        )
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        return self.net(embeddings)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class EmbeddingBatches:
+    """`Batches` of (embeddings, label ids) for the training loop; shuffled per epoch by seed."""
+
+    def __init__(self, embeddings: Tensor, labels: Tensor, seed: int) -> None:
+        from kefu.train.data import Order
+
+        self.embeddings = embeddings
+        self.labels = labels
+        self.order = Order(len(labels), seed)
+
+    def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
+        rows = self.order.rows(index, size)
+        return self.embeddings[rows], self.labels[rows]
+
+
+def calibrate_threshold(confidence: Tensor, correct: Tensor, precision: float) -> float:
+    """The lowest confidence threshold at which the answers kept reach `precision`.
+
+    Args:
+        confidence: (N,) the top probability of each validation example.
+        correct: (N,) whether the top label is right (an out-of-scope example counts as wrong
+            unless the model has an out-of-scope class and chose it).
+    """
+    order = torch.argsort(confidence, descending=True)
+    hits = torch.cumsum(correct[order].float(), 0)
+    kept = torch.arange(1, len(order) + 1, dtype=torch.float)
+    reaching = (hits / kept >= precision).nonzero()
+    if len(reaching) == 0:
+        return 1.0  # no threshold is precise enough: keep nothing, always fall back
+    return float(confidence[order][reaching[-1, 0]])
+
+
+def intent_metrics(gold: list[str], predicted: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-intent precision/recall/F1, and CLINC150's out-of-scope figures."""
+    labels = sorted(set(gold) | set(predicted))
+    per_label = {}
+    for label in labels:
+        tp = sum(g == p == label for g, p in zip(gold, predicted, strict=True))
+        fp = sum(p == label != g for g, p in zip(gold, predicted, strict=True))
+        fn = sum(g == label != p for g, p in zip(gold, predicted, strict=True))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_label[label] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+    scored = [label for label in labels if per_label[label]["support"]]
+    in_scope = [(g, p) for g, p in zip(gold, predicted, strict=True) if g != OUT_OF_SCOPE]
+    oos = [p for g, p in zip(gold, predicted, strict=True) if g == OUT_OF_SCOPE]
+    return {
+        "examples": len(gold),
+        "accuracy": sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold),
+        "macro_f1": sum(per_label[label]["f1"] for label in scored) / len(scored),
+        "in_scope_accuracy": sum(g == p for g, p in in_scope) / len(in_scope) if in_scope else None,
+        "out_of_scope_recall": sum(p == OUT_OF_SCOPE for p in oos) / len(oos) if oos else None,
+        "per_label": per_label,
+    }
+
+
+class IntentClassifier:
+    """A trained `embed` intent model: encoder, head, labels and calibrated threshold."""
+
+    def __init__(self, encoder: Any, head: IntentHead, labels: list[str], threshold: float) -> None:
+        self.encoder = encoder
+        self.head = head.eval()
+        self.labels = labels
+        self.threshold = threshold
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str], top_k: int = 3) -> list[Prediction]:
+        return self.predict_embeddings(self.encoder.encode(texts), top_k)
+
+    @torch.inference_mode()
+    def predict_embeddings(self, embeddings: Tensor, top_k: int = 3) -> list[Prediction]:
+        probabilities = self.head(embeddings).softmax(-1)
+        values, indices = probabilities.topk(min(top_k, len(self.labels)), dim=-1)
+        predictions = []
+        for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
+            top = [(self.labels[i], v) for i, v in zip(row_indices, row_values, strict=True)]
+            label = top[0][0] if top[0][1] >= self.threshold else OUT_OF_SCOPE
+            predictions.append(Prediction(label, top[0][1], top))
+        return predictions
+
+    def save(self, run_dir: str | Path, extra: dict[str, Any]) -> None:
+        from kefu.files import write_text_atomically
+        from kefu.models.checkpoint import save_weights
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_weights(self.head, run_dir / "model.safetensors")
+        description = {
+            "kind": "intent",
+            "model": "embed",
+            "encoder": self.encoder.name,
+            "labels": self.labels,
+            "threshold": self.threshold,
+            **extra,
+        }
+        write_text_atomically(
+            run_dir / "config.json", json.dumps(description, indent=2, ensure_ascii=False) + "\n"
+        )
+
+
+def train_embed(
+    data_dir: str | Path,
+    run_dir: str | Path,
+    config: Any,
+    hidden: int = 0,
+    precision: float = 0.9,
+    encoder: Any = None,
+) -> tuple[IntentClassifier, dict[str, Any]]:
+    """Train an embedding-head intent model on an `intents` data folder; calibrate; save.
+
+    Args:
+        config: a kefu.train.loop.TrainConfig (steps, batch, learning rate, ...).
+        hidden: width of the MLP's hidden layer; 0 for a linear head.
+        precision: the in-scope precision the out-of-scope threshold is calibrated for.
+        encoder: a SentenceEncoder (default: the packaged MiniLM).
+    """
+    from kefu.models.encoder import SentenceEncoder
+    from kefu.train.loop import train
+
+    encoder = encoder or SentenceEncoder()
+    texts, gold = load_examples(data_dir, "train")
+    valid_texts, valid_gold = load_examples(data_dir, "valid")
+    labels = check_labels(gold, valid_gold, "valid")
+    index = {label: i for i, label in enumerate(labels)}
+    train_data = EmbeddingBatches(
+        encoder.encode(texts), torch.tensor([index[g] for g in gold]), config.seed
+    )
+    valid_embeddings = encoder.encode(valid_texts) if valid_texts else None
+    valid_data = (
+        EmbeddingBatches(
+            valid_embeddings, torch.tensor([index[g] for g in valid_gold]), config.seed
+        )
+        if valid_embeddings is not None
+        else None
+    )
+    torch.manual_seed(config.seed)
+    head = IntentHead(encoder.dim, len(labels), hidden)
+    run_dir = Path(run_dir)
+    best: dict[str, Tensor] = {}
+
+    def keep_best(model: nn.Module) -> None:  # called whenever validation improves
+        best.update({name: value.detach().clone() for name, value in model.state_dict().items()})
+
+    train(head, train_data, valid_data, config, run_dir, keep_best)
+    if best:
+        head.load_state_dict(best)
+    classifier = IntentClassifier(encoder, head, labels, threshold=0.0)
+    if valid_embeddings is not None:
+        predictions = classifier.predict_embeddings(valid_embeddings, top_k=1)
+        confidence = torch.tensor([p.confidence for p in predictions])
+        correct = torch.tensor(
+            [p.top[0][0] == g for p, g in zip(predictions, valid_gold, strict=True)]
+        )
+        classifier.threshold = calibrate_threshold(confidence, correct, precision)
+    classifier.save(run_dir, {"hidden": hidden, "precision_target": precision})
+    return classifier, {
+        "labels": len(labels),
+        "train_examples": len(texts),
+        "threshold": classifier.threshold,
+    }
