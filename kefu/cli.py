@@ -458,6 +458,88 @@ def chat_command(
     chat_loop(loaded.model, loaded.tokenizer, sampling, sys.stdin, write, system, context)
 
 
+def train_intent(
+    data: Annotated[
+        Path, typer.Option(help="An `intents` data folder (kefu data ingest --format intents).")
+    ] = ...,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = ...,
+    model: Annotated[
+        str, typer.Option(help="embed: MiniLM sentence embeddings with a trained head.")
+    ] = "embed",
+    hidden: Annotated[
+        int, typer.Option(help="Hidden width of the head's MLP; 0 for a linear head.")
+    ] = 512,
+    precision: Annotated[
+        float, typer.Option(help="In-scope precision the out-of-scope threshold is calibrated for.")
+    ] = 0.9,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+) -> None:
+    """Train an intent classifier with a calibrated out-of-scope threshold."""
+    from kefu.nlu.intent import train_embed
+    from kefu.train.loop import TrainConfig
+
+    if model != "embed":
+        raise KefuError(f"unknown intent model {model!r}; available: embed")
+    fields = {
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup_steps": min(50, max_steps // 10),
+        "eval_every": max(1, max_steps // 6),
+        "eval_batches": 16,
+        "weight_decay": 0.01,
+    }
+    config = validate(TrainConfig, fields, "the training options", "train config")
+    _, info = train_embed(data, out, config, hidden, precision)
+    stdout.print(
+        f"trained an {model} intent model over {info['labels']} intents from {info['train_examples']:,} examples; out-of-scope below confidence {info['threshold']:.3f}; run folder: {out}"
+    )
+
+
+def eval_intent(
+    run: Annotated[Path, typer.Argument(help="A run folder from `kefu train intent`.")],
+    data: Annotated[Path, typer.Option(help="An `intents` data folder.")] = ...,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for report.md, confusion.png, eval.json (default: the run)."),
+    ] = None,
+) -> None:
+    """Accuracy, macro-F1, per-intent P/R/F1, out-of-scope metrics, confusions and latency."""
+    from kefu.nlu.intent import evaluate_intent, load_classifier
+
+    results = evaluate_intent(load_classifier(run), data, split, out or run)
+    extra = ""
+    if results["out_of_scope_recall"] is not None:
+        extra = f", in-scope accuracy {100 * results['in_scope_accuracy']:.2f}, out-of-scope recall {100 * results['out_of_scope_recall']:.2f}"
+    stdout.print(
+        f"{run} on {split}: accuracy {100 * results['accuracy']:.2f}, macro-F1 {100 * results['macro_f1']:.2f}{extra}; latency p50 {results['latency_ms']['p50']:.1f} ms"
+    )
+    stdout.print(f"report: {(out or run) / 'report.md'}")
+
+
+def nlu_command(
+    run: Annotated[Path, typer.Argument(help="A run folder from `kefu train intent`.")],
+    text: Annotated[str, typer.Argument(help="A customer message.")],
+    project: Annotated[
+        Path | None, typer.Option(help="A project whose `entities.patterns` to use too.")
+    ] = None,
+) -> None:
+    """Intent, confidence, top-3 and entities of one message."""
+    from kefu.nlu.entities import EntityExtractor
+    from kefu.nlu.intent import load_classifier
+    from kefu.project import load_project
+
+    patterns = load_project(project).entities.patterns if project else {}
+    prediction = load_classifier(run).predict([text])[0]
+    stdout.print(f"intent: {prediction.label} ({prediction.confidence:.3f})")
+    stdout.print("top 3: " + ", ".join(f"{label} {p:.3f}" for label, p in prediction.top))
+    for entity in EntityExtractor(patterns)(text):
+        stdout.print(f"entity: {entity.type} {entity.text!r} → {entity.value}")
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "init": init_command,
     "build": build_command,
@@ -471,12 +553,15 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "export hf": export_hf_command,
     "eval lm": eval_lm,
     "chat": chat_command,
+    "train intent": train_intent,
+    "eval intent": eval_intent,
+    "nlu": nlu_command,
 }
 GROUPS = {
     "config": "Validate project files and recipes.",
     "data": "Ingest chat logs, labelled utterances and FAQs; inspect data folders.",
     "tokenizer": "Train and inspect the byte-level BPE tokenizer.",
-    "train": "Train language models from scratch or fine-tune them on conversations.",
+    "train": "Train language models and intent classifiers.",
     "export": "Export trained models to other formats.",
     "eval": "Evaluate trained models on held-out data.",
 }

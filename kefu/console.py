@@ -6,6 +6,9 @@ silences them.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -66,3 +69,17 @@ def note(message: str) -> None:
     """A line for the person running the command (hidden by --quiet)."""
     if not settings.quiet:
         stderr.print(message)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No tqdm bars from transformers (loading, saving) inside kefu's own output; restored after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from kefu.console import quiet_transformers
 from kefu.errors import KefuError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -44,8 +45,9 @@ class SentenceEncoder(nn.Module):
 
         path = encoder_path(name_or_path)
         self.name = name_or_path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        with quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).eval()
         self.max_length = max_length
 
     @property

@@ -25,16 +25,14 @@ strip `<|...|>` tokens from messages first.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 from torch import Tensor
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-from transformers.utils import logging as hf_logging
 
 from kefu import __version__
+from kefu.console import quiet_transformers
 from kefu.errors import KefuError
 from kefu.files import replaced_folder
 from kefu.models.checkpoint import load_run
@@ -175,7 +173,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     )
 
     with replaced_folder(out_dir) as staging:
-        with _quiet_transformers():
+        with quiet_transformers():
             hf_model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save(staging / "tokenizer.json")
         _write_json(
@@ -196,18 +194,6 @@ def _check_replaceable(out_dir: Path) -> None:
             f"{out_dir} is not empty and holds no earlier kefu export ({MARKER}); "
             "export into a new or empty folder, or remove it first"
         )
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No tqdm bars from transformers inside kefu's own output; the setting is put back after."""
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _write_json(path: Path, value: dict) -> None:

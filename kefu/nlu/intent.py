@@ -104,7 +104,11 @@ class EmbeddingBatches:
 
 
 def calibrate_threshold(confidence: Tensor, correct: Tensor, precision: float) -> float:
-    """The lowest confidence threshold at which the answers kept reach `precision`.
+    """The confidence threshold that keeps the most validation answers at `precision` or better.
+
+    It lies halfway between the last answer kept and the first one dropped, so test examples a
+    hair less confident than the least confident kept one are not thrown away; when every
+    answer can be kept it is 0, when none can it is 1.
 
     Args:
         confidence: (N,) the top probability of each validation example.
@@ -112,12 +116,16 @@ def calibrate_threshold(confidence: Tensor, correct: Tensor, precision: float) -
             unless the model has an out-of-scope class and chose it).
     """
     order = torch.argsort(confidence, descending=True)
+    ranked = confidence[order]
     hits = torch.cumsum(correct[order].float(), 0)
     kept = torch.arange(1, len(order) + 1, dtype=torch.float)
     reaching = (hits / kept >= precision).nonzero()
     if len(reaching) == 0:
-        return 1.0  # no threshold is precise enough: keep nothing, always fall back
-    return float(confidence[order][reaching[-1, 0]])
+        return 1.0
+    last = int(reaching[-1, 0])
+    if last == len(order) - 1:
+        return 0.0
+    return float(ranked[last] + ranked[last + 1]) / 2
 
 
 def intent_metrics(gold: list[str], predicted: list[str]) -> dict[str, Any]:
@@ -249,3 +257,127 @@ def train_embed(
         "train_examples": len(texts),
         "threshold": classifier.threshold,
     }
+
+
+def load_classifier(run_dir: str | Path) -> IntentClassifier:
+    """An intent model saved by `train_embed`, ready to predict."""
+    from safetensors.torch import load_model
+
+    from kefu.models.encoder import SentenceEncoder
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KefuError(
+            f"{run_dir} is not an intent model (no config.json); train one with `kefu train intent`"
+        ) from None
+    if config.get("kind") != "intent":
+        raise KefuError(f"{path} describes a {config.get('kind')!r} model, not an intent model")
+    encoder = SentenceEncoder(config["encoder"])
+    head = IntentHead(encoder.dim, len(config["labels"]), config["hidden"])
+    load_model(head, str(run_dir / "model.safetensors"))
+    return IntentClassifier(encoder, head, config["labels"], config["threshold"])
+
+
+def evaluate_intent(
+    classifier: IntentClassifier, data_dir: str | Path, split: str, out_dir: str | Path
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-intent table, out-of-scope figures, confusions and CPU latency;
+    writes report.md, confusion.png and eval.json into `out_dir`."""
+    import time
+
+    from kefu.files import write_text_atomically
+
+    texts, gold = load_examples(data_dir, split)
+    known = set(classifier.labels) | {OUT_OF_SCOPE}
+    unknown = sorted(set(gold) - known)
+    if unknown:
+        raise KefuError(
+            f"the {split} split has labels the model never learnt: {', '.join(unknown[:5])}; evaluate on data with the same intents"
+        )
+    embeddings = classifier.encoder.encode(texts)
+    predictions = classifier.predict_embeddings(embeddings)
+    predicted = [p.label for p in predictions]
+    results = intent_metrics(gold, predicted)
+    results["accuracy_without_threshold"] = intent_metrics(
+        gold, [p.top[0][0] for p in predictions]
+    )["accuracy"]
+    results["threshold"] = classifier.threshold
+    pairs = Counter((g, p) for g, p in zip(gold, predicted, strict=True) if g != p)
+    results["most_confused"] = [
+        {"gold": g, "predicted": p, "count": n} for (g, p), n in pairs.most_common(10)
+    ]
+    latencies = []
+    for text in texts[:200]:  # one query at a time, as a chat turn arrives
+        started = time.perf_counter()
+        classifier.predict([text])
+        latencies.append(1000 * (time.perf_counter() - started))
+    latencies.sort()
+    results["latency_ms"] = {
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _confusion_png(gold, predicted, out / "confusion.png")
+    write_text_atomically(
+        out / "eval.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n"
+    )
+    write_text_atomically(out / "report.md", _intent_report(results, split))
+    return results
+
+
+def _confusion_png(gold: list[str], predicted: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted(set(gold) | set(predicted))
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = torch.zeros(len(labels), len(labels))
+    for g, p in zip(gold, predicted, strict=True):
+        matrix[index[g], index[p]] += 1
+    size = max(4, len(labels) / 5)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(matrix / matrix.sum(1, keepdim=True).clamp(min=1), cmap="Blues")
+    axes.set(xlabel="predicted", ylabel="gold", title="confusion (row-normalised)")
+    if len(labels) <= 40:
+        axes.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+        axes.set_yticks(range(len(labels)), labels, fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _intent_report(results: dict[str, Any], split: str) -> str:
+    def percent(value: float | None) -> str:
+        return "—" if value is None else f"{100 * value:.2f}"
+
+    lines = [
+        f"# Intent model on the {split} split ({results['examples']:,} examples)",
+        "",
+        "| accuracy | macro-F1 | in-scope accuracy | out-of-scope recall | threshold | latency p50 / p99 (ms) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {percent(results['accuracy'])} | {percent(results['macro_f1'])} | {percent(results['in_scope_accuracy'])} | "
+        f"{percent(results['out_of_scope_recall'])} | {results['threshold']:.3f} | "
+        f"{results['latency_ms']['p50']:.1f} / {results['latency_ms']['p99']:.1f} |",
+        "",
+        "Most confused (gold → predicted): "
+        + (
+            ", ".join(
+                f"{c['gold']} → {c['predicted']} ({c['count']})" for c in results["most_confused"]
+            )
+            or "none"
+        ),
+        "",
+        "| intent | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label, m in sorted(results["per_label"].items()):
+        lines.append(
+            f"| {label} | {percent(m['precision'])} | {percent(m['recall'])} | {percent(m['f1'])} | {m['support']} |"
+        )
+    return "\n".join(lines) + "\n\n![confusion](confusion.png)\n"

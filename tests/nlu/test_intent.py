@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -17,15 +19,15 @@ from kefu.nlu.intent import (
     train_embed,
 )
 from kefu.train.loop import TrainConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, kefu
 
 
 def test_threshold_is_the_lowest_that_keeps_the_precision():
     confidence = torch.tensor([0.6, 0.9, 0.7, 0.8])
     correct = torch.tensor([True, True, False, True])
     # Sorted: 0.9 ✓, 0.8 ✓, 0.7 ✗, 0.6 ✓ → precision 1, 1, 2/3, 3/4 of the answers kept.
-    assert calibrate_threshold(confidence, correct, 0.9) == pytest.approx(0.8)
-    assert calibrate_threshold(confidence, correct, 0.7) == pytest.approx(0.6)
+    assert calibrate_threshold(confidence, correct, 0.9) == pytest.approx(0.75)  # keep 2
+    assert calibrate_threshold(confidence, correct, 0.7) == 0.0  # keep all 4
     assert calibrate_threshold(confidence, torch.tensor([False] * 4), 0.9) == 1.0
 
 
@@ -80,3 +82,61 @@ def test_embed_model_end_to_end_on_the_demo_intents(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file() and (
         tmp_path / "run" / "config.json"
     ).is_file()
+
+
+@pytest.mark.slow
+def test_train_eval_and_nlu_from_the_command_line(tmp_path, write):
+    rows = ["text,label"] + [f"where is my card {i},card_delivery" for i in range(20)]
+    rows += [f"I want a loan of {i}000 dollars,loan_application" for i in range(20)]
+    rows += [f"what's the weather like on day {i},out_of_scope" for i in range(20)]
+    write("intents.csv", "\n".join(rows))
+    assert (
+        kefu(
+            "data",
+            "ingest",
+            "-f",
+            "intents",
+            str(tmp_path / "intents.csv"),
+            "-o",
+            str(tmp_path / "data"),
+        ).returncode
+        == 0
+    )
+    trained = kefu(
+        "train",
+        "intent",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "120",
+    )
+    assert trained.returncode == 0, trained.stderr
+    evaluated = kefu("eval", "intent", str(tmp_path / "run"), "--data", str(tmp_path / "data"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    results = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert results["accuracy_without_threshold"] == 1.0 and results["out_of_scope_recall"] == 1.0
+    assert (tmp_path / "run" / "report.md").is_file() and (
+        tmp_path / "run" / "confusion.png"
+    ).is_file()
+    said = kefu("nlu", str(tmp_path / "run"), "my card ending in 4821 has not arrived, I paid $20")
+    assert said.returncode == 0, said.stderr
+    assert (
+        "intent: card_delivery" in said.stdout
+        and "card_last4 '4821'" in said.stdout
+        and "'amount': 20.0" in said.stdout
+    )
+    wrong = kefu(
+        "train",
+        "intent",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "r2"),
+        "--model",
+        "textcnn",
+    )
+    assert (
+        wrong.returncode == 1 and "unknown intent model 'textcnn'; available: embed" in wrong.stderr
+    )
