@@ -1,0 +1,148 @@
+"""Benchmark kefu's intent models on BANKING77 and CLINC150 against the published results.
+
+BANKING77 (Casanueva et al. 2020): test accuracy; fine-tuned BERT-base 93.66, USE+ConveRT 93.36.
+CLINC150 full (Larson et al. 2019, BERT): in-scope accuracy 96.9 with an out-of-scope class
+(out-of-scope recall 40.3), 96.2 with a confidence threshold (recall 52.3).
+
+Data are read from ../shared/data and ingested with `kefu data ingest --format intents` (CLINC150
+first converted to JSON Lines with its own split column). Hyper-parameters are fixed in advance
+and the threshold is calibrated on the validation split (cut from train for BANKING77, CLINC's
+own `val` otherwise): the test sets are looked at once. Each row times training (encoding
+included) and per-query CPU latency. Only the `embed` model exists yet; TextCNN and
+fine-tuning come next.
+
+    .venv/bin/python bench/intent.py [--quick] [--data ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kefu.config import DataSource
+from kefu.console import settings
+from kefu.data.ingest import ingest
+from kefu.models.encoder import SentenceEncoder
+from kefu.nlu.intent import evaluate_intent, train_embed
+from kefu.train.loop import TrainConfig
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PUBLISHED = {
+    "banking77": "BERT-base 93.66 accuracy (Casanueva et al. 2020)",
+    "clinc150": "BERT: in-scope 96.9 / OOS recall 40.3 (OOS class); 96.2 / 52.3 (threshold)",
+}
+
+
+def banking77(data: Path, work: Path) -> Path:
+    source = DataSource(
+        format="intents",
+        inputs=[str(data / "banking77" / "train.csv"), str(data / "banking77" / "test.csv")],
+        columns={"label": "category"},
+        split={"train": 0.9, "valid": 0.1, "test": 0.0},
+    )
+    ingest(source, work / "banking77")
+    return work / "banking77"
+
+
+def clinc150(data: Path, work: Path) -> Path:
+    """CLINC150 full as JSON Lines with a split column; out-of-scope queries labelled as such."""
+    raw = json.loads((data / "clinc150" / "data_full.json").read_text(encoding="utf-8"))
+    lines = []
+    for key, split in [("train", "train"), ("val", "valid"), ("test", "test")]:
+        for prefix, fixed in (("", None), ("oos_", "out_of_scope")):
+            for text, label in raw[prefix + key]:
+                lines.append(json.dumps({"text": text, "label": fixed or label, "split": split}))
+    path = work / "clinc150.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    ingest(DataSource(format="intents", inputs=[str(path)]), work / "clinc150")
+    return work / "clinc150"
+
+
+def run(
+    name: str, folder: Path, work: Path, encoder: SentenceEncoder, quick: bool
+) -> dict[str, Any]:
+    config = TrainConfig(
+        max_steps=300 if quick else 2000,
+        batch_size=64,
+        lr=3e-3,
+        warmup_steps=50,
+        eval_every=100 if quick else 250,
+        eval_batches=16,
+        weight_decay=0.01,
+    )
+    started = time.perf_counter()
+    classifier, _ = train_embed(folder, work / f"{name}-run", config, hidden=512, encoder=encoder)
+    seconds = time.perf_counter() - started
+    results = evaluate_intent(classifier, folder, "test", work / f"{name}-run")
+    return {
+        "data": name,
+        "model": "embed (MiniLM + MLP)",
+        "train_s": round(seconds, 1),
+        "accuracy": round(100 * results["accuracy_without_threshold"], 2),
+        "in_scope_accuracy": None
+        if results["in_scope_accuracy"] is None
+        else round(100 * results["in_scope_accuracy"], 2),
+        "oos_recall": None
+        if results["out_of_scope_recall"] is None
+        else round(100 * results["out_of_scope_recall"], 2),
+        "latency_p50_ms": round(results["latency_ms"]["p50"], 1),
+        "latency_p99_ms": round(results["latency_ms"]["p99"], 1),
+        "published": PUBLISHED[name],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer training steps")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    args = parser.parse_args()
+    if not (args.data / "banking77").is_dir():
+        print(
+            f"skipped: {args.data} has no banking77/ and clinc150/; this benchmark needs ../shared/data"
+        )
+        print(json.dumps({"bench": "intent", "skipped": f"no data at {args.data}"}))
+        return
+    settings.quiet = True
+    encoder = SentenceEncoder()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kefu-bench-intent-") as folder:
+        work = Path(folder)
+        for name, prepare in (("banking77", banking77), ("clinc150", clinc150)):
+            rows.append(run(name, prepare(args.data, work), work, encoder, args.quick))
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="intent classification (test sets; 2 CPU cores)")
+    for column in (
+        "data",
+        "model",
+        "train s",
+        "accuracy",
+        "in-scope acc.",
+        "OOS recall",
+        "p50 / p99 ms",
+        "published",
+    ):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["data"],
+            r["model"],
+            f"{r['train_s']}",
+            f"{r['accuracy']}",
+            str(r["in_scope_accuracy"] or "—"),
+            str(r["oos_recall"] or "—"),
+            f"{r['latency_p50_ms']} / {r['latency_p99_ms']}",
+            r["published"],
+        )
+    Console(width=140).print(table)
+    print(json.dumps({"bench": "intent", "quick": args.quick, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
