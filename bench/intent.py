@@ -27,7 +27,7 @@ from kefu.config import DataSource
 from kefu.console import settings
 from kefu.data.ingest import ingest
 from kefu.models.encoder import SentenceEncoder
-from kefu.nlu.intent import evaluate_intent, train_embed
+from kefu.nlu.intent import evaluate_intent, train_intent
 from kefu.train.loop import TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -75,7 +75,9 @@ def run(
         weight_decay=0.01,
     )
     started = time.perf_counter()
-    classifier, _ = train_embed(folder, work / f"{name}-run", config, hidden=512, encoder=encoder)
+    classifier, _ = train_intent(
+        folder, work / f"{name}-run", config, "embed", hidden=512, encoder=encoder
+    )
     seconds = time.perf_counter() - started
     results = evaluate_intent(classifier, folder, "test", work / f"{name}-run")
     return {

@@ -477,11 +477,9 @@ def train_intent(
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
 ) -> None:
     """Train an intent classifier with a calibrated out-of-scope threshold."""
-    from kefu.nlu.intent import train_embed
+    from kefu.nlu.intent import train_intent
     from kefu.train.loop import TrainConfig
 
-    if model != "embed":
-        raise KefuError(f"unknown intent model {model!r}; available: embed")
     fields = {
         "max_steps": max_steps,
         "batch_size": batch_size,
@@ -492,7 +490,7 @@ def train_intent(
         "weight_decay": 0.01,
     }
     config = validate(TrainConfig, fields, "the training options", "train config")
-    _, info = train_embed(data, out, config, hidden, precision)
+    _, info = train_intent(data, out, config, model, precision, hidden=hidden)
     stdout.print(
         f"trained an {model} intent model over {info['labels']} intents from {info['train_examples']:,} examples; out-of-scope below confidence {info['threshold']:.3f}; run folder: {out}"
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,19 +89,23 @@ class IntentHead(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class EmbeddingBatches:
-    """`Batches` of (embeddings, label ids) for the training loop; shuffled per epoch by seed."""
+class FeatureBatches:
+    """`Batches` of (features, label ids) for the training loop; shuffled per epoch by seed.
 
-    def __init__(self, embeddings: Tensor, labels: Tensor, seed: int) -> None:
+    Features are whatever the model reads, computed once: sentence embeddings for `embed`,
+    padded token ids for `textcnn`.
+    """
+
+    def __init__(self, features: Tensor, labels: Tensor, seed: int) -> None:
         from kefu.train.data import Order
 
-        self.embeddings = embeddings
+        self.features = features
         self.labels = labels
         self.order = Order(len(labels), seed)
 
     def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
         rows = self.order.rows(index, size)
-        return self.embeddings[rows], self.labels[rows]
+        return self.features[rows], self.labels[rows]
 
 
 def calibrate_threshold(confidence: Tensor, correct: Tensor, precision: float) -> float:
@@ -154,21 +159,34 @@ def intent_metrics(gold: list[str], predicted: list[str]) -> dict[str, Any]:
 
 
 class IntentClassifier:
-    """A trained `embed` intent model: encoder, head, labels and calibrated threshold."""
+    """A trained intent model: how texts become features, the network, labels and threshold.
 
-    def __init__(self, encoder: Any, head: IntentHead, labels: list[str], threshold: float) -> None:
-        self.encoder = encoder
-        self.head = head.eval()
+    Args:
+        featurize: texts → the network's input (embeddings or padded token ids).
+        description: what `load_classifier` needs to rebuild it (written to config.json).
+    """
+
+    def __init__(
+        self,
+        featurize: Callable[[list[str]], Tensor],
+        network: nn.Module,
+        labels: list[str],
+        threshold: float,
+        description: dict[str, Any],
+    ) -> None:
+        self.featurize = featurize
+        self.network = network.eval()
         self.labels = labels
         self.threshold = threshold
+        self.description = description
 
     @torch.inference_mode()
     def predict(self, texts: list[str], top_k: int = 3) -> list[Prediction]:
-        return self.predict_embeddings(self.encoder.encode(texts), top_k)
+        return self.predict_features(self.featurize(texts), top_k)
 
     @torch.inference_mode()
-    def predict_embeddings(self, embeddings: Tensor, top_k: int = 3) -> list[Prediction]:
-        probabilities = self.head(embeddings).softmax(-1)
+    def predict_features(self, features: Tensor, top_k: int = 3) -> list[Prediction]:
+        probabilities = self.network(features).softmax(-1)
         values, indices = probabilities.topk(min(top_k, len(self.labels)), dim=-1)
         predictions = []
         for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
@@ -177,81 +195,125 @@ class IntentClassifier:
             predictions.append(Prediction(label, top[0][1], top))
         return predictions
 
-    def save(self, run_dir: str | Path, extra: dict[str, Any]) -> None:
+    def save(self, run_dir: Path) -> None:
         from kefu.files import write_text_atomically
         from kefu.models.checkpoint import save_weights
 
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_weights(self.head, run_dir / "model.safetensors")
-        description = {
+        save_weights(self.network, run_dir / "model.safetensors")
+        described = {
             "kind": "intent",
-            "model": "embed",
-            "encoder": self.encoder.name,
+            **self.description,
             "labels": self.labels,
             "threshold": self.threshold,
-            **extra,
         }
         write_text_atomically(
-            run_dir / "config.json", json.dumps(description, indent=2, ensure_ascii=False) + "\n"
+            run_dir / "config.json", json.dumps(described, indent=2, ensure_ascii=False) + "\n"
         )
 
 
-def train_embed(
+def _embed_model(
+    texts: list[str], labels: int, run_dir: Path, options: dict[str, Any]
+) -> tuple[Callable, nn.Module, dict]:
+    """MiniLM sentence embeddings (frozen) under a linear or MLP head."""
+    from kefu.models.encoder import SentenceEncoder
+
+    encoder = options.get("encoder") or SentenceEncoder()
+    hidden = options.get("hidden", 512)
+    network = IntentHead(encoder.dim, labels, hidden)
+    return encoder.encode, network, {"model": "embed", "encoder": encoder.name, "hidden": hidden}
+
+
+def _textcnn_model(
+    texts: list[str], labels: int, run_dir: Path, options: dict[str, Any]
+) -> tuple[Callable, nn.Module, dict]:
+    """A TextCNN over a byte-level BPE tokenizer learnt from the training texts (saved with it)."""
+    from kefu.models.textcnn import TextCNN, TextCNNConfig
+    from kefu.text.tokenizer import train_tokenizer
+
+    # Few merges: with a large vocabulary, BPE learns whole short utterances (a Chinese
+    # sentence has no spaces to stop it) and nothing generalises. About one token per 4 texts.
+    vocab_size = options.get("vocab_size") or min(8000, max(300, len(texts) // 4))
+    tokenizer = train_tokenizer(texts, vocab_size, min_frequency=1)
+    tokenizer.save(run_dir / "tokenizer.json")
+    config = TextCNNConfig(vocab_size=tokenizer.vocab_size, labels=labels, pad_id=tokenizer.pad_id)
+    return (
+        _token_features(tokenizer, config.max_length),
+        TextCNN(config),
+        {"model": "textcnn", "textcnn": config.model_dump()},
+    )
+
+
+def _token_features(tokenizer: Any, max_length: int) -> Callable[[list[str]], Tensor]:
+    def featurize(texts: list[str]) -> Tensor:
+        encoded = [ids[:max_length] for ids in tokenizer.encode_batch(texts)]
+        ids = torch.full((len(texts), max(1, max(map(len, encoded), default=1))), tokenizer.pad_id)
+        for row, piece in enumerate(encoded):
+            ids[row, : len(piece)] = torch.tensor(piece, dtype=torch.long)
+        return ids
+
+    return featurize
+
+
+INTENT_MODELS: dict[str, Callable[..., tuple[Callable, nn.Module, dict]]] = {
+    "embed": _embed_model,
+    "textcnn": _textcnn_model,
+}
+
+
+def train_intent(
     data_dir: str | Path,
     run_dir: str | Path,
     config: Any,
-    hidden: int = 0,
+    model: str = "embed",
     precision: float = 0.9,
-    encoder: Any = None,
+    **options: Any,
 ) -> tuple[IntentClassifier, dict[str, Any]]:
-    """Train an embedding-head intent model on an `intents` data folder; calibrate; save.
+    """Train an intent model on an `intents` data folder, calibrate its threshold, save it.
 
     Args:
         config: a kefu.train.loop.TrainConfig (steps, batch, learning rate, ...).
-        hidden: width of the MLP's hidden layer; 0 for a linear head.
+        model: a name in INTENT_MODELS.
         precision: the in-scope precision the out-of-scope threshold is calibrated for.
-        encoder: a SentenceEncoder (default: the packaged MiniLM).
+        options: model settings, e.g. hidden=512 and encoder=... for embed, vocab_size for textcnn.
     """
-    from kefu.models.encoder import SentenceEncoder
     from kefu.train.loop import train
 
-    encoder = encoder or SentenceEncoder()
+    if model not in INTENT_MODELS:
+        raise KefuError(f"unknown intent model {model!r}; available: {', '.join(INTENT_MODELS)}")
     texts, gold = load_examples(data_dir, "train")
     valid_texts, valid_gold = load_examples(data_dir, "valid")
     labels = check_labels(gold, valid_gold, "valid")
     index = {label: i for i, label in enumerate(labels)}
-    train_data = EmbeddingBatches(
-        encoder.encode(texts), torch.tensor([index[g] for g in gold]), config.seed
-    )
-    valid_embeddings = encoder.encode(valid_texts) if valid_texts else None
-    valid_data = (
-        EmbeddingBatches(
-            valid_embeddings, torch.tensor([index[g] for g in valid_gold]), config.seed
-        )
-        if valid_embeddings is not None
-        else None
-    )
-    torch.manual_seed(config.seed)
-    head = IntentHead(encoder.dim, len(labels), hidden)
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    featurize, network, description = INTENT_MODELS[model](texts, len(labels), run_dir, options)
+    train_data = FeatureBatches(
+        featurize(texts), torch.tensor([index[g] for g in gold]), config.seed
+    )
+    valid_features = featurize(valid_texts) if valid_texts else None
+    valid_data = None
+    if valid_features is not None:
+        valid_data = FeatureBatches(
+            valid_features, torch.tensor([index[g] for g in valid_gold]), config.seed
+        )
     best: dict[str, Tensor] = {}
 
-    def keep_best(model: nn.Module) -> None:  # called whenever validation improves
-        best.update({name: value.detach().clone() for name, value in model.state_dict().items()})
+    def keep_best(trained: nn.Module) -> None:  # called whenever validation improves
+        best.update({name: value.detach().clone() for name, value in trained.state_dict().items()})
 
-    train(head, train_data, valid_data, config, run_dir, keep_best)
+    train(network, train_data, valid_data, config, run_dir, keep_best)
     if best:
-        head.load_state_dict(best)
-    classifier = IntentClassifier(encoder, head, labels, threshold=0.0)
-    if valid_embeddings is not None:
-        predictions = classifier.predict_embeddings(valid_embeddings, top_k=1)
+        network.load_state_dict(best)
+    classifier = IntentClassifier(featurize, network, labels, 0.0, description)
+    if valid_features is not None:
+        predictions = classifier.predict_features(valid_features, top_k=1)
         confidence = torch.tensor([p.confidence for p in predictions])
         correct = torch.tensor(
             [p.top[0][0] == g for p, g in zip(predictions, valid_gold, strict=True)]
         )
         classifier.threshold = calibrate_threshold(confidence, correct, precision)
-    classifier.save(run_dir, {"hidden": hidden, "precision_target": precision})
+    classifier.save(run_dir)
     return classifier, {
         "labels": len(labels),
         "train_examples": len(texts),
@@ -260,10 +322,8 @@ def train_embed(
 
 
 def load_classifier(run_dir: str | Path) -> IntentClassifier:
-    """An intent model saved by `train_embed`, ready to predict."""
+    """An intent model saved by `train_intent`, ready to predict."""
     from safetensors.torch import load_model
-
-    from kefu.models.encoder import SentenceEncoder
 
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
@@ -273,12 +333,27 @@ def load_classifier(run_dir: str | Path) -> IntentClassifier:
         raise KefuError(
             f"{run_dir} is not an intent model (no config.json); train one with `kefu train intent`"
         ) from None
-    if config.get("kind") != "intent":
-        raise KefuError(f"{path} describes a {config.get('kind')!r} model, not an intent model")
-    encoder = SentenceEncoder(config["encoder"])
-    head = IntentHead(encoder.dim, len(config["labels"]), config["hidden"])
-    load_model(head, str(run_dir / "model.safetensors"))
-    return IntentClassifier(encoder, head, config["labels"], config["threshold"])
+    if config.get("kind") != "intent" or config.get("model") not in INTENT_MODELS:
+        raise KefuError(
+            f"{path} does not describe an intent model of kefu ({', '.join(INTENT_MODELS)})"
+        )
+    labels = config["labels"]
+    if config["model"] == "embed":
+        from kefu.models.encoder import SentenceEncoder
+
+        encoder = SentenceEncoder(config["encoder"])
+        network: nn.Module = IntentHead(encoder.dim, len(labels), config["hidden"])
+        featurize: Callable[[list[str]], Tensor] = encoder.encode
+    else:
+        from kefu.models.textcnn import TextCNN, TextCNNConfig
+        from kefu.text.tokenizer import ChatTokenizer
+
+        cnn = TextCNNConfig.model_validate(config["textcnn"])
+        network = TextCNN(cnn)
+        featurize = _token_features(ChatTokenizer.load(run_dir / "tokenizer.json"), cnn.max_length)
+    load_model(network, str(run_dir / "model.safetensors"))
+    described = {k: v for k, v in config.items() if k not in ("kind", "labels", "threshold")}
+    return IntentClassifier(featurize, network, labels, config["threshold"], described)
 
 
 def evaluate_intent(
@@ -297,8 +372,7 @@ def evaluate_intent(
         raise KefuError(
             f"the {split} split has labels the model never learnt: {', '.join(unknown[:5])}; evaluate on data with the same intents"
         )
-    embeddings = classifier.encoder.encode(texts)
-    predictions = classifier.predict_embeddings(embeddings)
+    predictions = classifier.predict_features(classifier.featurize(texts))
     predicted = [p.label for p in predictions]
     results = intent_metrics(gold, predicted)
     results["accuracy_without_threshold"] = intent_metrics(
