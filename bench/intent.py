@@ -8,8 +8,7 @@ Data are read from ../shared/data and ingested with `kefu data ingest --format i
 first converted to JSON Lines with its own split column). Hyper-parameters are fixed in advance
 and the threshold is calibrated on the validation split (cut from train for BANKING77, CLINC's
 own `val` otherwise): the test sets are looked at once. Each row times training (encoding
-included) and per-query CPU latency. Only the `embed` model exists yet; TextCNN and
-fine-tuning come next.
+included) and per-query CPU latency. Models: `embed` and `textcnn`; fine-tuning comes next.
 
     .venv/bin/python bench/intent.py [--quick] [--data ../shared/data]
 """
@@ -31,6 +30,7 @@ from kefu.nlu.intent import evaluate_intent, train_intent
 from kefu.train.loop import TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODEL_NAMES = {"embed": "embed (MiniLM + MLP)", "textcnn": "TextCNN (from scratch)"}
 PUBLISHED = {
     "banking77": "BERT-base 93.66 accuracy (Casanueva et al. 2020)",
     "clinc150": "BERT: in-scope 96.9 / OOS recall 40.3 (OOS class); 96.2 / 52.3 (threshold)",
@@ -63,7 +63,7 @@ def clinc150(data: Path, work: Path) -> Path:
 
 
 def run(
-    name: str, folder: Path, work: Path, encoder: SentenceEncoder, quick: bool
+    name: str, folder: Path, work: Path, encoder: SentenceEncoder, quick: bool, model: str
 ) -> dict[str, Any]:
     config = TrainConfig(
         max_steps=300 if quick else 2000,
@@ -75,14 +75,13 @@ def run(
         weight_decay=0.01,
     )
     started = time.perf_counter()
-    classifier, _ = train_intent(
-        folder, work / f"{name}-run", config, "embed", hidden=512, encoder=encoder
-    )
+    options = {"hidden": 512, "encoder": encoder} if model == "embed" else {}
+    classifier, _ = train_intent(folder, work / f"{name}-{model}", config, model, **options)
     seconds = time.perf_counter() - started
-    results = evaluate_intent(classifier, folder, "test", work / f"{name}-run")
+    results = evaluate_intent(classifier, folder, "test", work / f"{name}-{model}")
     return {
         "data": name,
-        "model": "embed (MiniLM + MLP)",
+        "model": MODEL_NAMES[model],
         "train_s": round(seconds, 1),
         "accuracy": round(100 * results["accuracy_without_threshold"], 2),
         "in_scope_accuracy": None
@@ -114,7 +113,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kefu-bench-intent-") as folder:
         work = Path(folder)
         for name, prepare in (("banking77", banking77), ("clinc150", clinc150)):
-            rows.append(run(name, prepare(args.data, work), work, encoder, args.quick))
+            folder = prepare(args.data, work)
+            for model in MODEL_NAMES:
+                rows.append(run(name, folder, work, encoder, args.quick, model))
 
     from rich.console import Console
     from rich.table import Table
