@@ -474,16 +474,21 @@ def train_intent(
     ] = 0.9,
     max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate (default: 3e-3 for embed and textcnn, 5e-5 for finetune)."
+        ),
+    ] = None,
 ) -> None:
     """Train an intent classifier with a calibrated out-of-scope threshold."""
-    from kefu.nlu.intent import train_intent
+    from kefu.nlu.intent import DEFAULT_LR, train_intent
     from kefu.train.loop import TrainConfig
 
     fields = {
         "max_steps": max_steps,
         "batch_size": batch_size,
-        "lr": lr,
+        "lr": lr or DEFAULT_LR.get(model, 3e-3),
         "warmup_steps": min(50, max_steps // 10),
         "eval_every": max(1, max_steps // 6),
         "eval_batches": 16,

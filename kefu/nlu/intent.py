@@ -254,10 +254,71 @@ def _token_features(tokenizer: Any, max_length: int) -> Callable[[list[str]], Te
     return featurize
 
 
+class FineTunedEncoder(nn.Module):
+    """A pretrained sentence encoder trained end to end with a linear layer on its mean pooling."""
+
+    def __init__(self, name_or_path: str, labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        from kefu.console import quiet_transformers
+        from kefu.models.encoder import encoder_path
+
+        with quiet_transformers():
+            self.encoder = AutoModel.from_pretrained(encoder_path(name_or_path))
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(self.encoder.config.hidden_size, labels)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Logits (B, labels) for features (B, 2, T): token ids and attention mask, right-padded."""
+        width = int(features[:, 1].sum(1).max())  # this batch's longest text, not the data's
+        ids, mask = features[:, 0, :width], features[:, 1, :width]
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.out(self.drop(pooled))
+
+
+def _encoder_features(name_or_path: str, max_length: int = 64) -> Callable[[list[str]], Tensor]:
+    from transformers import AutoTokenizer
+
+    from kefu.models.encoder import encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path(name_or_path))
+
+    def featurize(texts: list[str]) -> Tensor:
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return torch.stack([batch["input_ids"], batch["attention_mask"]], dim=1)
+
+    return featurize
+
+
+def _finetune_model(
+    texts: list[str], labels: int, run_dir: Path, options: dict[str, Any]
+) -> tuple[Callable, nn.Module, dict]:
+    """MiniLM (or another sentence encoder) fine-tuned end to end."""
+    from kefu.models.encoder import DEFAULT_ENCODER
+
+    name = options.get("encoder_name") or DEFAULT_ENCODER
+    return (
+        _encoder_features(name),
+        FineTunedEncoder(name, labels),
+        {"model": "finetune", "encoder": name},
+    )
+
+
 INTENT_MODELS: dict[str, Callable[..., tuple[Callable, nn.Module, dict]]] = {
     "embed": _embed_model,
     "textcnn": _textcnn_model,
+    "finetune": _finetune_model,
 }
+# A head learns fast from fixed features; a pretrained encoder needs small steps.
+DEFAULT_LR = {"embed": 3e-3, "textcnn": 3e-3, "finetune": 5e-5}
 
 
 def train_intent(
@@ -338,12 +399,17 @@ def load_classifier(run_dir: str | Path) -> IntentClassifier:
             f"{path} does not describe an intent model of kefu ({', '.join(INTENT_MODELS)})"
         )
     labels = config["labels"]
-    if config["model"] == "embed":
+    network: nn.Module
+    featurize: Callable[[list[str]], Tensor]
+    if config["model"] == "finetune":
+        network = FineTunedEncoder(config["encoder"], len(labels))
+        featurize = _encoder_features(config["encoder"])
+    elif config["model"] == "embed":
         from kefu.models.encoder import SentenceEncoder
 
         encoder = SentenceEncoder(config["encoder"])
-        network: nn.Module = IntentHead(encoder.dim, len(labels), config["hidden"])
-        featurize: Callable[[list[str]], Tensor] = encoder.encode
+        network = IntentHead(encoder.dim, len(labels), config["hidden"])
+        featurize = encoder.encode
     else:
         from kefu.models.textcnn import TextCNN, TextCNNConfig
         from kefu.text.tokenizer import ChatTokenizer

@@ -172,3 +172,26 @@ def test_textcnn_learns_the_chinese_demo_intents(tmp_path):
     assert [p.top for p in again.predict(texts[:5])] == [
         p.top for p in classifier.predict(texts[:5])
     ]
+
+
+@pytest.mark.slow
+def test_finetuned_encoder_learns_and_reloads(tmp_path, write):
+    rows = ["text,label"] + [f"where is my new card it is day {i}" for i in range(16)]
+    rows = [rows[0]] + [f"{r},card_delivery" for r in rows[1:]]
+    rows += [f"I would like to borrow {i}000 dollars,loan_application" for i in range(16)]
+    write("intents.csv", "\n".join(rows))
+    ingest(DataSource(format="intents", inputs=[str(tmp_path / "intents.csv")]), tmp_path / "data")
+    config = TrainConfig(
+        max_steps=30,
+        batch_size=8,
+        lr=5e-5,
+        warmup_steps=3,
+        eval_every=10,
+        eval_batches=2,
+        weight_decay=0.01,
+    )
+    classifier, _ = train_intent(tmp_path / "data", tmp_path / "run", config, "finetune")
+    texts, gold = load_examples(tmp_path / "data", "test")
+    assert [p.top[0][0] for p in classifier.predict(texts)] == gold
+    again = load_classifier(tmp_path / "run")
+    assert [p.top for p in again.predict(texts)] == [p.top for p in classifier.predict(texts)]
