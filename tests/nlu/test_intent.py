@@ -23,6 +23,23 @@ from kefu.train.loop import TrainConfig
 from tests.conftest import REPO, kefu
 
 
+def demo_intents(folder, language: str) -> None:
+    intents = REPO / "examples" / "acme_bank" / f"intents_{language}.csv"
+    ingest(DataSource(format="intents", inputs=[str(intents)]), folder)
+
+
+def small_config(steps: int, batch_size: int = 32, lr: float = 3e-3) -> TrainConfig:
+    return TrainConfig(
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=steps // 10,
+        eval_every=max(1, steps // 3),
+        eval_batches=4,
+        weight_decay=0.01,
+    )
+
+
 def test_threshold_is_the_lowest_that_keeps_the_precision():
     confidence = torch.tensor([0.6, 0.9, 0.7, 0.8])
     correct = torch.tensor([True, True, False, True])
@@ -58,19 +75,8 @@ def test_data_no_classifier_can_learn_from_is_a_clear_error():
 
 @pytest.mark.slow
 def test_embed_model_end_to_end_on_the_demo_intents(tmp_path):
-    source = DataSource(
-        format="intents", inputs=[str(REPO / "examples" / "acme_bank" / "intents_en.csv")]
-    )
-    ingest(source, tmp_path / "data")
-    config = TrainConfig(
-        max_steps=300,
-        batch_size=32,
-        lr=3e-3,
-        warmup_steps=20,
-        eval_every=100,
-        eval_batches=4,
-        weight_decay=0.01,
-    )
+    demo_intents(tmp_path / "data", "en")
+    config = small_config(300)
     classifier, info = train_intent(
         tmp_path / "data", tmp_path / "run", config, "embed", hidden=256
     )
@@ -142,25 +148,14 @@ def test_train_eval_and_nlu_from_the_command_line(tmp_path, write):
     )
     assert (
         wrong.returncode == 1
-        and "unknown intent model 'bert'; available: embed, textcnn" in wrong.stderr
+        and "unknown intent model 'bert'; available: embed, textcnn, finetune" in wrong.stderr
     )
 
 
 @pytest.mark.slow
 def test_textcnn_learns_the_chinese_demo_intents(tmp_path):
-    source = DataSource(
-        format="intents", inputs=[str(REPO / "examples" / "acme_bank" / "intents_zh.csv")]
-    )
-    ingest(source, tmp_path / "data")
-    config = TrainConfig(
-        max_steps=400,
-        batch_size=32,
-        lr=3e-3,
-        warmup_steps=20,
-        eval_every=100,
-        eval_batches=4,
-        weight_decay=0.01,
-    )
+    demo_intents(tmp_path / "data", "zh")
+    config = small_config(400)
     classifier, info = train_intent(tmp_path / "data", tmp_path / "run", config, "textcnn")
     texts, gold = load_examples(tmp_path / "data", "test")
     accuracy = intent_metrics(gold, [p.top[0][0] for p in classifier.predict(texts)])["accuracy"]
@@ -181,15 +176,7 @@ def test_finetuned_encoder_learns_and_reloads(tmp_path, write):
     rows += [f"I would like to borrow {i}000 dollars,loan_application" for i in range(16)]
     write("intents.csv", "\n".join(rows))
     ingest(DataSource(format="intents", inputs=[str(tmp_path / "intents.csv")]), tmp_path / "data")
-    config = TrainConfig(
-        max_steps=30,
-        batch_size=8,
-        lr=5e-5,
-        warmup_steps=3,
-        eval_every=10,
-        eval_batches=2,
-        weight_decay=0.01,
-    )
+    config = small_config(30, batch_size=8, lr=5e-5)
     classifier, _ = train_intent(tmp_path / "data", tmp_path / "run", config, "finetune")
     texts, gold = load_examples(tmp_path / "data", "test")
     assert [p.top[0][0] for p in classifier.predict(texts)] == gold
