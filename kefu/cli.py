@@ -334,34 +334,32 @@ def _train(
     )
 
 
-def train_lm(
-    recipe: RecipeOption = None,
-    data: DataOption = None,
-    out: OutOption = ...,
-    arch: ArchOption = None,
-    tokenizer: TokenizerOption = None,
-    resume: ResumeOption = False,
-    init: InitOption = None,
-    max_steps: StepsOption = None,
-    minutes: MinutesOption = None,
-) -> None:
-    """Train a language model (GPT or LSTM) on all text of a data folder, packed into windows."""
-    _train("lm", recipe, data, out, arch, tokenizer, resume, init, max_steps, minutes)
+def _train_command(task: str, summary: str) -> Callable[..., None]:
+    """The `kefu train lm` and `kefu train chat` commands: the same options, another task."""
+
+    def command(
+        recipe: RecipeOption = None,
+        data: DataOption = None,
+        out: OutOption = ...,
+        arch: ArchOption = None,
+        tokenizer: TokenizerOption = None,
+        resume: ResumeOption = False,
+        init: InitOption = None,
+        max_steps: StepsOption = None,
+        minutes: MinutesOption = None,
+    ) -> None:
+        _train(task, recipe, data, out, arch, tokenizer, resume, init, max_steps, minutes)
+
+    command.__doc__ = summary
+    return command
 
 
-def train_chat(
-    recipe: RecipeOption = None,
-    data: DataOption = None,
-    out: OutOption = ...,
-    arch: ArchOption = None,
-    tokenizer: TokenizerOption = None,
-    resume: ResumeOption = False,
-    init: InitOption = None,
-    max_steps: StepsOption = None,
-    minutes: MinutesOption = None,
-) -> None:
-    """Fine-tune on conversations: the loss falls on the assistant's replies only."""
-    _train("chat", recipe, data, out, arch, tokenizer, resume, init, max_steps, minutes)
+train_lm = _train_command(
+    "lm", "Train a language model (GPT or LSTM) on all text of a data folder, packed into windows."
+)
+train_chat = _train_command(
+    "chat", "Fine-tune on conversations: the loss falls on the assistant's replies only."
+)
 
 
 def export_hf_command(

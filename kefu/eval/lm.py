@@ -112,9 +112,8 @@ def fit_prompt(tokenizer: ChatTokenizer, history: list[dict[str, str]], budget: 
 
 
 def model_replies(run: LoadedRun, cases: list[ReplyCase], max_new_tokens: int) -> list[str]:
-    budget = getattr(run.model.config, "context_length", 10**9) - max_new_tokens
-    if run.arch == "lstm":
-        budget = run.model.config.context_length  # the length it was trained on
+    # The GPT's context holds prompt and reply; the LSTM keeps the history it was trained on.
+    budget = run.model.config.context_length - (max_new_tokens if run.arch == "gpt" else 0)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens)
     replies = []
     for start in range(0, len(cases), 16):
