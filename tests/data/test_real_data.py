@@ -43,8 +43,11 @@ def independent_count(dialogues: list[list[tuple[str, str]]]) -> tuple[int, int,
     return kept, turns, rejected
 
 
-def ingest_recipe(name: str, tmp_path):
-    stats = ingest(load_config(REPO / "recipes" / "data" / f"{name}.yaml"), tmp_path / name)
+def ingest_recipe(name: str, tmp_path, shared_data):
+    """Ingest with a shipped recipe, its inputs pointed at wherever the shared data really is."""
+    recipe = load_config(REPO / "recipes" / "data" / f"{name}.yaml")
+    inputs = [str(shared_data / path.split("/shared/data/", 1)[1]) for path in recipe.inputs]
+    stats = ingest(recipe.model_copy(update={"inputs": inputs}), tmp_path / name)
     written = sum(stats["splits"][s]["records"] for s in SPLITS)
     turns = sum(stats["splits"][s]["turns"] for s in SPLITS)
     return stats, written, turns
@@ -64,7 +67,7 @@ def test_star(shared_data, tmp_path):
                 ]
             )
     kept, turns, rejected = independent_count(dialogues)
-    stats, written, written_turns = ingest_recipe("star", tmp_path)
+    stats, written, written_turns = ingest_recipe("star", tmp_path, shared_data)
     assert (stats["records_read"], written, written_turns) == (6652, kept, turns)
     assert stats["rejects"] == {"total": rejected, "no_exchange": rejected}
     assert (written, rejected) == (6026, 624)  # 624 dialogues ended before the wizard spoke
@@ -77,7 +80,7 @@ def test_taskmaster4(shared_data, tmp_path):
         for dialogue in json.loads(gzip.decompress(path.read_bytes())):
             dialogues.append([(u["speaker"], u["text"]) for u in dialogue["utterances"]])
     kept, turns, rejected = independent_count(dialogues)
-    stats, written, written_turns = ingest_recipe("taskmaster4", tmp_path)
+    stats, written, written_turns = ingest_recipe("taskmaster4", tmp_path, shared_data)
     assert (stats["records_read"], written, written_turns) == (3710, kept, turns)
     assert rejected == stats["rejects"]["total"] == 0
     assert stats["duplicates_removed"] == 3710 - kept == 23  # self-dialogues written twice
@@ -96,7 +99,7 @@ def test_crosswoz(shared_data, tmp_path):
                 ]
             )
     kept, turns, _ = independent_count(dialogues)
-    stats, written, written_turns = ingest_recipe("crosswoz", tmp_path)
+    stats, written, written_turns = ingest_recipe("crosswoz", tmp_path, shared_data)
     assert (
         (stats["records_read"], written, written_turns)
         == (1000, kept, turns)
@@ -107,7 +110,7 @@ def test_crosswoz(shared_data, tmp_path):
 
 
 def test_banking77_keeps_its_published_test_set(shared_data, tmp_path):
-    stats, written, _ = ingest_recipe("banking77", tmp_path)
+    stats, written, _ = ingest_recipe("banking77", tmp_path, shared_data)
     assert written == 13083 and stats["splits"]["test"]["records"] == 3080
     assert stats["splits"]["valid"]["records"] == pytest.approx(1000, abs=10)
     assert all(stats["splits"][s]["labels"] == 77 for s in SPLITS)
