@@ -4,11 +4,12 @@ BANKING77 (Casanueva et al. 2020): test accuracy; fine-tuned BERT-base 93.66, US
 CLINC150 full (Larson et al. 2019, BERT): in-scope accuracy 96.9 with an out-of-scope class
 (out-of-scope recall 40.3), 96.2 with a confidence threshold (recall 52.3).
 
-Data are read from ../shared/data and ingested with `kefu data ingest --format intents` (CLINC150
-first converted to JSON Lines with its own split column). Hyper-parameters are fixed in advance
+Data are read from ../shared/data and ingested with `kefu data ingest` (formats intents and
+clinc150). Hyper-parameters come from recipes/intent/<data>.yaml (chosen on validation splits)
 and the threshold is calibrated on the validation split (cut from train for BANKING77, CLINC's
 own `val` otherwise): the test sets are looked at once. Each row times training (encoding
-included) and per-query CPU latency. Models: `embed`, `textcnn` and `finetune`.
+included; on CUDA when torch sees a GPU) and per-query CPU latency. Models: `embed`, `textcnn`
+and `finetune`.
 
     .venv/bin/python bench/intent.py [--quick] [--data ../shared/data]
 """
@@ -22,41 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kefu.config import DataSource
+from kefu.config import DataSource, load_config
 from kefu.console import settings
 from kefu.data.ingest import ingest
 from kefu.models.encoder import SentenceEncoder
-from kefu.nlu.intent import evaluate_intent, train_intent
-from kefu.train.loop import TrainConfig
+from kefu.nlu.intent import IntentRecipe, evaluate_intent, train_intent
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "intent"
 MODEL_NAMES = {
     "embed": "embed (MiniLM + MLP)",
     "textcnn": "TextCNN (from scratch)",
     "finetune": "MiniLM fine-tuned",
-}
-HEAD = {
-    "batch_size": 64,
-    "lr": 3e-3,
-    "warmup_steps": 50,
-    "eval_every": 250,
-    "eval_batches": 16,
-    "weight_decay": 0.01,
-}
-# Fixed before looking at any test set; the fine-tuned encoder gets about three epochs of BANKING77.
-TRAINING = {
-    "embed": {**HEAD, "max_steps": 2000},
-    "textcnn": {**HEAD, "max_steps": 2000},
-    "finetune": {
-        "max_steps": 900,
-        "batch_size": 32,
-        "lr": 5e-5,
-        "warmup_steps": 90,
-        "eval_every": 150,
-        "eval_batches": 16,
-        "weight_decay": 0.01,
-        "precision": "bf16",
-    },
 }
 PUBLISHED = {
     "banking77": "BERT-base 93.66 accuracy (Casanueva et al. 2020)",
@@ -76,26 +54,24 @@ def banking77(data: Path, work: Path) -> Path:
 
 
 def clinc150(data: Path, work: Path) -> Path:
-    """CLINC150 full as JSON Lines with a split column; out-of-scope queries labelled as such."""
-    raw = json.loads((data / "clinc150" / "data_full.json").read_text(encoding="utf-8"))
-    lines = []
-    for key, split in [("train", "train"), ("val", "valid"), ("test", "test")]:
-        for prefix, fixed in (("", None), ("oos_", "out_of_scope")):
-            for text, label in raw[prefix + key]:
-                lines.append(json.dumps({"text": text, "label": fixed or label, "split": split}))
-    path = work / "clinc150.jsonl"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    ingest(DataSource(format="intents", inputs=[str(path)]), work / "clinc150")
+    """CLINC150 full with its own split; out-of-scope queries labelled as such."""
+    source = DataSource(format="clinc150", inputs=[str(data / "clinc150" / "data_full.json")])
+    ingest(source, work / "clinc150")
     return work / "clinc150"
 
 
 def run(
     name: str, folder: Path, work: Path, encoder: SentenceEncoder, quick: bool, model: str
 ) -> dict[str, Any]:
-    config = TrainConfig(**{**TRAINING[model], **({"max_steps": 150} if quick else {})})
+    """One model on one data set: the data set's recipe for `finetune`, the model's defaults
+    (with the recipe's precision target) for the others."""
+    recipe = load_config(RECIPES / f"{name}.yaml", kind="intent")
+    if model != recipe.model:
+        recipe = IntentRecipe(kind="intent", model=model, precision=recipe.precision)
+    if quick:
+        recipe.train.max_steps = 150
     started = time.perf_counter()
-    options = {"hidden": 512, "encoder": encoder} if model == "embed" else {}
-    classifier, _ = train_intent(folder, work / f"{name}-{model}", config, model, **options)
+    classifier, _ = train_intent(folder, work / f"{name}-{model}", recipe, encoder)
     seconds = time.perf_counter() - started
     results = evaluate_intent(classifier, folder, "test", work / f"{name}-{model}")
     return {

@@ -457,45 +457,53 @@ def chat_command(
 
 
 def train_intent(
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="An intent recipe (kind: intent), e.g. recipes/intent/*.yaml."),
+    ] = None,
     data: Annotated[
-        Path, typer.Option(help="An `intents` data folder (kefu data ingest --format intents).")
-    ] = ...,
+        Path | None,
+        typer.Option(help="An `intents` data folder (kefu data ingest --format intents)."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = ...,
     model: Annotated[
-        str, typer.Option(help="embed: MiniLM sentence embeddings with a trained head.")
-    ] = "embed",
-    hidden: Annotated[
-        int, typer.Option(help="Hidden width of the head's MLP; 0 for a linear head.")
-    ] = 512,
-    precision: Annotated[
-        float, typer.Option(help="In-scope precision the out-of-scope threshold is calibrated for.")
-    ] = 0.9,
-    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1500,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 64,
-    lr: Annotated[
-        float | None,
+        str | None,
         typer.Option(
-            help="Peak learning rate (default: 3e-3 for embed and textcnn, 5e-5 for finetune)."
+            help="embed (MiniLM + trained head), textcnn (from scratch) or finetune (MiniLM end to end)."
         ),
     ] = None,
+    lora: Annotated[
+        bool, typer.Option(help="finetune: train LoRA adapters (rank 8) instead of every weight.")
+    ] = False,
+    precision: Annotated[
+        float | None,
+        typer.Option(help="In-scope precision the out-of-scope threshold is calibrated for."),
+    ] = None,
+    max_steps: StepsOption = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
 ) -> None:
     """Train an intent classifier with a calibrated out-of-scope threshold."""
-    from kefu.nlu.intent import DEFAULT_LR, train_intent
-    from kefu.train.loop import TrainConfig
+    from kefu.nlu.intent import IntentRecipe, train_intent
 
-    fields = {
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "lr": lr or DEFAULT_LR.get(model, 3e-3),
-        "warmup_steps": min(50, max_steps // 10),
-        "eval_every": max(1, max_steps // 6),
-        "eval_batches": 16,
-        "weight_decay": 0.01,
-    }
-    config = validate(TrainConfig, fields, "the training options", "train config")
-    _, info = train_intent(data, out, config, model, precision, hidden=hidden)
+    fields: dict[str, Any] = {"kind": "intent"}
+    if recipe is not None:
+        fields = load_config(recipe, kind="intent").model_dump(exclude_unset=True)
+    _merge(
+        fields,
+        {
+            "model": model,
+            "data": data and str(data),
+            "precision": precision,
+            "lora": {} if lora else None,
+            "train": {"max_steps": max_steps, "lr": lr},
+        },
+    )
+    settings = validate(IntentRecipe, fields, "the training options", "intent recipe")
+    if settings.data is None:
+        raise KefuError("no data: give --data DIR or `data:` in the recipe")
+    _, info = train_intent(settings.data, out, settings)
     stdout.print(
-        f"trained an {model} intent model over {info['labels']} intents from {info['train_examples']:,} examples; out-of-scope below confidence {info['threshold']:.3f}; run folder: {out}"
+        f"trained a {settings.model} intent model over {info['labels']} intents from {info['train_examples']:,} examples; out-of-scope below confidence {info['threshold']:.3f}; run folder: {out}"
     )
 
 

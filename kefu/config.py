@@ -234,9 +234,15 @@ class ProjectConfig(StrictModel):
 
 def config_kinds() -> dict[str, type[StrictModel]]:
     """Config models by the `kind:` a YAML file starts with."""
-    from kefu.train.recipe import TrainRecipe  # imported here: recipes build on this module
+    from kefu.nlu.intent import IntentRecipe  # imported here: recipes build on this module
+    from kefu.train.recipe import TrainRecipe
 
-    return {"project": ProjectConfig, "data": DataRecipe, "train": TrainRecipe}
+    return {
+        "project": ProjectConfig,
+        "data": DataRecipe,
+        "train": TrainRecipe,
+        "intent": IntentRecipe,
+    }
 
 
 class ConfigError(KefuError):

@@ -334,6 +334,20 @@ def read_star(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         yield _conversation(src, line, f"star-{obj.get('DialogueID', line)}", pairs, options, obj)
 
 
+def _json_document(src: SourceFile, data: bytes | None = None) -> Any:
+    """The one JSON document a file (or `data` read from it) holds, or the Reject that says why
+    it cannot be read."""
+    text = src.text(src.read_bytes() if data is None else data)
+    if isinstance(text, Reject):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        return Reject(
+            src.name, err.lineno, "bad_json", f"bad JSON: {err.msg}", text[err.pos : err.pos + 200]
+        )
+
+
 def read_crosswoz(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
     """CrossWOZ: {dialogue id: {"messages": [{"role": "usr"|"sys", "content"}]}}, zipped or not."""
     data = src.read_bytes()
@@ -348,16 +362,9 @@ def read_crosswoz(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         if not data:
             yield Reject(src.name, None, "empty", "the zip file holds no .json file", "")
             return
-    text = src.text(data)
-    if isinstance(text, Reject):
-        yield text
-        return
-    try:
-        dialogues = json.loads(text)
-    except json.JSONDecodeError as err:
-        yield Reject(
-            src.name, err.lineno, "bad_json", f"bad JSON: {err.msg}", text[err.pos : err.pos + 200]
-        )
+    dialogues = _json_document(src, data)
+    if isinstance(dialogues, Reject):
+        yield dialogues
         return
     if not isinstance(dialogues, dict) or not dialogues:
         yield Reject(src.name, None, "empty", "expected a non-empty object of dialogues by id", "")
@@ -576,6 +583,39 @@ def read_intents(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         )
 
 
+CLINC_SPLITS = {"train": "train", "val": "valid", "test": "test"}
+
+
+def read_clinc150(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
+    """CLINC150's data_*.json: {"train"|"val"|"test": [[text, intent], …]}, and the same keys
+    with an "oos_" prefix for out-of-scope queries, which get the label out_of_scope."""
+    data = _json_document(src)
+    if isinstance(data, Reject):
+        yield data
+        return
+    keys = (
+        [k for k in data if k.removeprefix("oos_") in CLINC_SPLITS]
+        if isinstance(data, dict)
+        else []
+    )
+    if not keys:
+        yield Reject(
+            src.name, None, "empty", 'expected CLINC150\'s {"train": [[text, intent], …], …}', ""
+        )
+        return
+    for key in keys:
+        split = CLINC_SPLITS[key.removeprefix("oos_")]
+        for index, pair in enumerate(data[key]):
+            where = f"{key}[{index}]"
+            if not (
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair)
+            ):
+                yield Reject(src.name, None, "bad_row", f"{where}: expected [text, intent]", pair)
+                continue
+            label = "out_of_scope" if key.startswith("oos_") else pair[1]
+            yield IntentExample(f"clinc150-{where}", pair[0], label, src.name, None, pair, split)
+
+
 FAQ_FIELDS = ("question", "answer")
 FAQ_OPTIONAL = ("id", "category", "url", "paraphrases", "split")
 
@@ -631,5 +671,6 @@ FORMATS: dict[str, Format] = {
     "taskmaster": Format("conversations", read_taskmaster, (), "Taskmaster JSON(.gz)"),
     "crosswoz": Format("conversations", read_crosswoz, (), "CrossWOZ JSON (.zip)"),
     "intents": Format("intents", read_intents, (*INTENT_FIELDS, "split"), "CSV/JSONL text,label"),
+    "clinc150": Format("intents", read_clinc150, (), "CLINC150 data_*.json"),
     "faq": Format("faq", read_faq, (*FAQ_FIELDS, *FAQ_OPTIONAL), "CSV/JSONL question,answer"),
 }

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from kefu.config import DataSource
+from kefu.config import ConfigError, DataSource, load_config
 from kefu.data.ingest import ingest
 from kefu.errors import KefuError
 from kefu.nlu.intent import (
     OUT_OF_SCOPE,
+    IntentRecipe,
     calibrate_threshold,
     check_labels,
     intent_metrics,
@@ -19,7 +20,6 @@ from kefu.nlu.intent import (
     load_examples,
     train_intent,
 )
-from kefu.train.loop import TrainConfig
 from tests.conftest import REPO, kefu
 
 
@@ -28,16 +28,16 @@ def demo_intents(folder, language: str) -> None:
     ingest(DataSource(format="intents", inputs=[str(intents)]), folder)
 
 
-def small_config(steps: int, batch_size: int = 32, lr: float = 3e-3) -> TrainConfig:
-    return TrainConfig(
-        max_steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=steps // 10,
-        eval_every=max(1, steps // 3),
-        eval_batches=4,
-        weight_decay=0.01,
-    )
+def recipe(model: str, steps: int, batch_size: int = 32, **settings) -> IntentRecipe:
+    train = {
+        "max_steps": steps,
+        "batch_size": batch_size,
+        "warmup_steps": steps // 10,
+        "eval_every": max(1, steps // 3),
+        "eval_batches": 4,
+        "precision": "fp32",
+    }
+    return IntentRecipe(kind="intent", model=model, train=train, **settings)
 
 
 def test_threshold_is_the_lowest_that_keeps_the_precision():
@@ -76,9 +76,8 @@ def test_data_no_classifier_can_learn_from_is_a_clear_error():
 @pytest.mark.slow
 def test_embed_model_end_to_end_on_the_demo_intents(tmp_path):
     demo_intents(tmp_path / "data", "en")
-    config = small_config(300)
     classifier, info = train_intent(
-        tmp_path / "data", tmp_path / "run", config, "embed", hidden=256
+        tmp_path / "data", tmp_path / "run", recipe("embed", 300, hidden=256)
     )
     assert info["labels"] == 28 and 0.0 < classifier.threshold < 1.0
     texts, gold = load_examples(tmp_path / "data", "test")
@@ -146,17 +145,13 @@ def test_train_eval_and_nlu_from_the_command_line(tmp_path, write):
         "--model",
         "bert",
     )
-    assert (
-        wrong.returncode == 1
-        and "unknown intent model 'bert'; available: embed, textcnn, finetune" in wrong.stderr
-    )
+    assert wrong.returncode == 1 and "'embed', 'textcnn' or 'finetune'" in wrong.stderr
 
 
 @pytest.mark.slow
 def test_textcnn_learns_the_chinese_demo_intents(tmp_path):
     demo_intents(tmp_path / "data", "zh")
-    config = small_config(400)
-    classifier, info = train_intent(tmp_path / "data", tmp_path / "run", config, "textcnn")
+    classifier, info = train_intent(tmp_path / "data", tmp_path / "run", recipe("textcnn", 400))
     texts, gold = load_examples(tmp_path / "data", "test")
     accuracy = intent_metrics(gold, [p.top[0][0] for p in classifier.predict(texts)])["accuracy"]
     print(f"TextCNN accuracy on the Chinese demo intents: {accuracy:.3f}")
@@ -169,16 +164,47 @@ def test_textcnn_learns_the_chinese_demo_intents(tmp_path):
     ]
 
 
-@pytest.mark.slow
-def test_finetuned_encoder_learns_and_reloads(tmp_path, write):
-    rows = ["text,label"] + [f"where is my new card it is day {i}" for i in range(16)]
-    rows = [rows[0]] + [f"{r},card_delivery" for r in rows[1:]]
+def card_or_loan(tmp_path, write) -> None:
+    rows = ["text,label"] + [f"where is my new card it is day {i},card_delivery" for i in range(16)]
     rows += [f"I would like to borrow {i}000 dollars,loan_application" for i in range(16)]
     write("intents.csv", "\n".join(rows))
     ingest(DataSource(format="intents", inputs=[str(tmp_path / "intents.csv")]), tmp_path / "data")
-    config = small_config(30, batch_size=8, lr=5e-5)
-    classifier, _ = train_intent(tmp_path / "data", tmp_path / "run", config, "finetune")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "settings", [{"train": {"lr": 5e-5}}, {"lora": {"rank": 4}, "train": {"lr": 1e-3}}]
+)
+def test_finetuned_encoder_learns_and_reloads(tmp_path, write, settings):
+    card_or_loan(tmp_path, write)
+    chosen = recipe(
+        "finetune", 30, batch_size=8, **{k: v for k, v in settings.items() if k != "train"}
+    )
+    chosen.train.lr = settings["train"]["lr"]
+    classifier, _ = train_intent(tmp_path / "data", tmp_path / "run", chosen)
     texts, gold = load_examples(tmp_path / "data", "test")
     assert [p.top[0][0] for p in classifier.predict(texts)] == gold
-    again = load_classifier(tmp_path / "run")
+    again = load_classifier(tmp_path / "run")  # LoRA adapters were merged: a plain encoder loads
     assert [p.top for p in again.predict(texts)] == [p.top for p in classifier.predict(texts)]
+
+
+def test_recipes_start_from_the_models_defaults(write):
+    path = write("intent.yaml", "kind: intent\nmodel: finetune\ntrain:\n  max_steps: 10\n")
+    loaded = load_config(path, kind="intent")
+    assert (loaded.train.max_steps, loaded.train.lr, loaded.train.label_smoothing) == (
+        10,
+        1e-4,
+        0.1,
+    )
+    embed = IntentRecipe(kind="intent", model="embed")
+    assert (embed.train.lr, embed.train.batch_size) == (3e-3, 64)
+    bad = write("bad.yaml", "kind: intent\nmodel: bert\nlora:\n  rank: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, kind="intent")
+    assert "bad.yaml:2" in str(err.value) and "'embed', 'textcnn' or 'finetune'" in str(err.value)
+    assert "bad.yaml:4" in str(err.value) and "lora.rank" in str(err.value)
+
+
+def test_the_shipped_intent_recipes_are_valid():
+    for path in sorted((REPO / "recipes" / "intent").glob("*.yaml")):
+        assert load_config(path, kind="intent").model == "finetune", path
