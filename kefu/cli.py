@@ -529,11 +529,99 @@ def eval_intent(
     stdout.print(f"report: {(out or run) / 'report.md'}")
 
 
+def train_entities(
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="A tagger recipe (kind: entities), e.g. recipes/entities/*.yaml."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="A `spans` data folder (kefu data ingest --format spans).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = ...,
+    max_steps: StepsOption = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+) -> None:
+    """Train the entity tagger (and multi-label intents) on annotated spans."""
+    from kefu.nlu.tagger import TaggerRecipe, load_spans, train_tagger
+
+    fields: dict[str, Any] = {"kind": "entities"}
+    if recipe is not None:
+        fields = load_config(recipe, kind="entities").model_dump(exclude_unset=True)
+    _merge(fields, {"data": data and str(data), "train": {"max_steps": max_steps, "lr": lr}})
+    settings = validate(TaggerRecipe, fields, "the training options", "tagger recipe")
+    if settings.data is None:
+        raise KefuError("no data: give --data DIR or `data:` in the recipe")
+    tagger = train_tagger(
+        load_spans(settings.data, "train"), load_spans(settings.data, "valid"), out, settings
+    )
+    types = sorted({tag.split("-", 1)[1] for tag in tagger.tags if tag != "O"})
+    stdout.print(
+        f"trained a tagger for {len(types)} entity types ({', '.join(types[:6])}{' …' if len(types) > 6 else ''})"
+        f" and {len(tagger.intent_names)} intents; run folder: {out}"
+    )
+
+
+def eval_entities(
+    run: Annotated[
+        Path | None, typer.Argument(help="A run folder from `kefu train entities`.")
+    ] = None,
+    data: Annotated[Path, typer.Option(help="A `spans` data folder.")] = ...,
+    rules: Annotated[
+        bool, typer.Option(help="Score the rule extractors instead of a trained tagger.")
+    ] = False,
+    project: Annotated[
+        Path | None, typer.Option(help="With --rules: a project whose `entities.patterns` to use.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.md and eval.json (default: the run).")
+    ] = None,
+) -> None:
+    """Entity precision/recall/F1 (exact span and type), per type, and latency."""
+    from kefu.nlu.entities import EntityExtractor
+    from kefu.nlu.tagger import evaluate_entities, load_spans, load_tagger
+
+    if (run is None) == (not rules):
+        raise KefuError("give a tagger run folder, or --rules to score the rule extractors")
+    records = load_spans(data, split)
+    if rules:
+        from kefu.project import load_project
+
+        extractor = EntityExtractor(load_project(project).entities.patterns if project else {})
+        title = f"Rule extractors on {data} ({split})"
+        results = evaluate_entities(
+            lambda texts: [extractor(t) for t in texts], records, out or data, title
+        )
+    else:
+        tagger = load_tagger(run)
+        title = f"Tagger {run} on {data} ({split})"
+        results = evaluate_entities(
+            tagger.entities,
+            records,
+            out or run,
+            title,
+            (lambda texts: [list(i) for _, i in tagger.predict(texts)])
+            if tagger.intent_names
+            else None,
+        )
+    e = results["entities"]
+    extra = (
+        f"; intents micro-F1 {100 * results['intents']['f1']:.2f}" if "intents" in results else ""
+    )
+    stdout.print(
+        f"{title}: entity precision {100 * e['precision']:.2f}, recall {100 * e['recall']:.2f}, F1 {100 * e['f1']:.2f}{extra}"
+    )
+    stdout.print(f"report: {(out or run or data) / 'report.md'}")
+
+
 def nlu_command(
     run: Annotated[Path, typer.Argument(help="A run folder from `kefu train intent`.")],
     text: Annotated[str, typer.Argument(help="A customer message.")],
     project: Annotated[
         Path | None, typer.Option(help="A project whose `entities.patterns` to use too.")
+    ] = None,
+    tagger: Annotated[
+        Path | None, typer.Option(help="A run from `kefu train entities`: its entities too.")
     ] = None,
 ) -> None:
     """Intent, confidence, top-3 and entities of one message."""
@@ -547,6 +635,14 @@ def nlu_command(
     stdout.print("top 3: " + ", ".join(f"{label} {p:.3f}" for label, p in prediction.top))
     for entity in EntityExtractor(patterns)(text):
         stdout.print(f"entity: {entity.type} {entity.text!r} → {entity.value}")
+    if tagger is not None:
+        from kefu.nlu.tagger import load_tagger
+
+        entities, intents = load_tagger(tagger).predict([text])[0]
+        for entity in entities:
+            stdout.print(f"tagged: {entity.type} {entity.text!r} [{entity.start}:{entity.end}]")
+        if intents:
+            stdout.print("tagged intents: " + ", ".join(f"{n} {p:.3f}" for n, p in intents.items()))
 
 
 COMMANDS: dict[str, Callable[..., None]] = {
@@ -564,6 +660,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "chat": chat_command,
     "train intent": train_intent,
     "eval intent": eval_intent,
+    "train entities": train_entities,
+    "eval entities": eval_entities,
     "nlu": nlu_command,
 }
 GROUPS = {

@@ -235,6 +235,7 @@ class ProjectConfig(StrictModel):
 def config_kinds() -> dict[str, type[StrictModel]]:
     """Config models by the `kind:` a YAML file starts with."""
     from kefu.nlu.intent import IntentRecipe  # imported here: recipes build on this module
+    from kefu.nlu.tagger import TaggerRecipe
     from kefu.train.recipe import TrainRecipe
 
     return {
@@ -242,6 +243,7 @@ def config_kinds() -> dict[str, type[StrictModel]]:
         "data": DataRecipe,
         "train": TrainRecipe,
         "intent": IntentRecipe,
+        "entities": TaggerRecipe,
     }
 
 

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kefu.data.records import Conversation, FaqEntry, IntentExample, Record, Reject, Turn
+from kefu.data.records import (
+    Conversation,
+    FaqEntry,
+    IntentExample,
+    Record,
+    Reject,
+    Span,
+    SpanExample,
+    Turn,
+)
 
 Item = Record | Reject
 
@@ -583,6 +592,69 @@ def read_intents(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         )
 
 
+def _spans(text: str, obj: dict[str, Any]) -> list[Span] | str:
+    """The entity spans of a spans record (kefu's `entities` list or NLU++'s `slots` object),
+    checked against the text, or what is wrong with them."""
+    listed = obj.get("entities")
+    if listed is None and isinstance(obj.get("slots"), dict):  # NLU++: {name: {"span": [s, e]}}
+        listed = [
+            {
+                "type": name,
+                "start": (slot.get("span") or [None, None])[0],
+                "end": (slot.get("span") or [None, None])[1],
+                "text": slot.get("text"),
+            }
+            for name, slot in obj["slots"].items()
+            if isinstance(slot, dict)
+        ]
+    spans = []
+    for number, entity in enumerate(listed or []):
+        where = f"entity {number + 1}"
+        if not isinstance(entity, dict):
+            return f"{where}: expected {{type, start, end}}"
+        kind, start, end = entity.get("type"), entity.get("start"), entity.get("end")
+        if not isinstance(kind, str) or not kind.strip():
+            return f"{where}: `type` must be a non-empty string"
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            return f"{where} ({kind}): start {start!r} and end {end!r} must satisfy 0 <= start < end <= {len(text)}"
+        given = entity.get("text")
+        if given is not None and given != text[start:end]:
+            return f"{where} ({kind}): its text {given!r} is not the text at {start}:{end}, {text[start:end]!r}"
+        spans.append(Span(kind.strip(), start, end, text[start:end]))
+    return spans
+
+
+def read_spans(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
+    """Utterances with entity spans and optional intents: JSON Lines or a JSON array of
+    {"text", "entities": [{"type", "start", "end"}], "intents"?: [...], "split"?} — or NLU++'s
+    files as they are ({"text", "intents", "slots": {name: {"text", "span": [start, end]}}})."""
+    for found in _objects(src):
+        if isinstance(found, Reject):
+            yield found
+            continue
+        line, obj = found
+        text = obj.get(options.columns.get("text", "text"))
+        if not isinstance(text, str):
+            yield Reject(
+                src.name, line, "missing_field", "key 'text' is missing or not a string", obj
+            )
+            continue
+        spans = _spans(text, obj)
+        intents = obj.get("intents") or []
+        if isinstance(spans, str) or not isinstance(intents, list):
+            reason = spans if isinstance(spans, str) else "`intents` must be a list of names"
+            yield Reject(src.name, line, "bad_span", reason, obj)
+            continue
+        split = _split_of(src, {"split": obj["split"]} if "split" in obj else {}, line)
+        if isinstance(split, Reject):
+            yield split
+            continue
+        record_id = str(obj.get("id", f"{src.path.name}:{line}"))
+        yield SpanExample(
+            record_id, text, spans, [str(i) for i in intents], src.name, line, obj, split
+        )
+
+
 CLINC_SPLITS = {"train": "train", "val": "valid", "test": "test"}
 
 
@@ -672,5 +744,6 @@ FORMATS: dict[str, Format] = {
     "crosswoz": Format("conversations", read_crosswoz, (), "CrossWOZ JSON (.zip)"),
     "intents": Format("intents", read_intents, (*INTENT_FIELDS, "split"), "CSV/JSONL text,label"),
     "clinc150": Format("intents", read_clinc150, (), "CLINC150 data_*.json"),
+    "spans": Format("spans", read_spans, (), "JSON(L) text with entity spans; NLU++"),
     "faq": Format("faq", read_faq, (*FAQ_FIELDS, *FAQ_OPTIONAL), "CSV/JSONL question,answer"),
 }

@@ -6,6 +6,8 @@ A data folder written by `kefu data ingest` holds one kind of record, one JSON o
   with roles `system`, `user`, `assistant`; no empty turns; consecutive turns of one role merged.
 - intents:       {"id", "language", "text", "label"}
 - faq:           {"id", "language", "question", "answer", "category", "url", "paraphrases"}
+- spans:         {"id", "language", "text", "entities": [{"type", "start", "end", "text"}],
+                  "intents": [...]}  character offsets into `text`, end exclusive
 
 Records that cannot be read become `Reject`s, written to `rejects.jsonl` with where and why.
 """
@@ -187,4 +189,91 @@ class FaqEntry:
         }
 
 
-Record = Conversation | IntentExample | FaqEntry
+@dataclass(slots=True)
+class Span:
+    type: str
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(slots=True)
+class SpanExample:
+    """An utterance with entity spans (character offsets) and the intents that apply (any number).
+
+    Cleaning must keep the offsets true: the text is cleaned whole, then each span's cleaned text
+    is found again at the same occurrence; a span that cleaning changed beyond finding is a
+    problem (the record is rejected with the span named), never a silently shifted offset.
+    """
+
+    kind: ClassVar[str] = "spans"
+    id: str
+    text: str
+    entities: list[Span]
+    intents: list[str]
+    file: str
+    line: int | None
+    raw: Any = None
+    split: str | None = None
+    lost: str | None = None
+
+    @property
+    def label(self) -> str:  # for the stratified split and label conflicts
+        return "+".join(sorted(self.intents))
+
+    def clean(self, fix: Callable[[str], str]) -> None:
+        cleaned = fix(self.text)
+        if cleaned != self.text:
+            moved = []
+            for span in self.entities:
+                before = self.text[: span.start].count(span.text)  # which occurrence it is
+                found = _nth(cleaned, fix(span.text), before)
+                if found is None:
+                    self.lost = f"span {span.type} {span.text!r} at {span.start}"
+                    return
+                moved.append(Span(span.type, found, found + len(fix(span.text)), fix(span.text)))
+            self.entities = moved
+        self.text = cleaned
+        self.intents = [i.strip() for i in self.intents if i.strip()]
+
+    def problem(self) -> tuple[str, str] | None:
+        if not self.text:
+            return "empty", "text is empty"
+        if self.lost:
+            return (
+                "span_lost",
+                f"cleaning changed the text under {self.lost}; fix the text or turn the "
+                "cleaning step off (e.g. redact: {enabled: false})",
+            )
+        return None
+
+    def texts(self) -> Iterator[str]:
+        yield self.text
+
+    def dedupe_key(self) -> tuple:
+        return (self.text,)
+
+    def to_json(self, language: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "language": language,
+            "text": self.text,
+            "entities": [
+                {"type": e.type, "start": e.start, "end": e.end, "text": e.text}
+                for e in self.entities
+            ],
+            "intents": self.intents,
+        }
+
+
+def _nth(text: str, piece: str, n: int) -> int | None:
+    """Where the n-th (from 0) occurrence of `piece` starts in `text`, if there is one."""
+    start = -1
+    for _ in range(n + 1):
+        start = text.find(piece, start + 1)
+        if start < 0 or not piece:
+            return None
+    return start
+
+
+Record = Conversation | IntentExample | FaqEntry | SpanExample

@@ -241,6 +241,11 @@ class IntentRecipe(StrictModel):
         None, ge=300, description="textcnn: tokenizer size; none: about one per 4 texts."
     )
     max_length: int = Field(64, ge=8, description="finetune: tokens kept per text.")
+    head: Literal["linear", "cosine"] = Field(
+        "linear",
+        description="finetune: a linear layer, or scaled cosines to vectors that start at "
+        "each intent's mean embedding.",
+    )
     lora: LoRAConfig | None = Field(
         None, description="finetune: train LoRA adapters instead of every weight."
     )
@@ -294,7 +299,12 @@ DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
 
 
 def _embed_model(
-    texts: list[str], labels: int, run_dir: Path, recipe: IntentRecipe, encoder: Any
+    texts: list[str],
+    targets: list[int],
+    labels: int,
+    run_dir: Path,
+    recipe: IntentRecipe,
+    encoder: Any,
 ) -> tuple[Callable, nn.Module, dict]:
     """MiniLM sentence embeddings (frozen) under a linear or MLP head."""
     from kefu.models.encoder import SentenceEncoder
@@ -309,7 +319,12 @@ def _embed_model(
 
 
 def _textcnn_model(
-    texts: list[str], labels: int, run_dir: Path, recipe: IntentRecipe, encoder: Any
+    texts: list[str],
+    targets: list[int],
+    labels: int,
+    run_dir: Path,
+    recipe: IntentRecipe,
+    encoder: Any,
 ) -> tuple[Callable, nn.Module, dict]:
     """A TextCNN over a byte-level BPE tokenizer learnt from the training texts (saved with it)."""
     from kefu.models.textcnn import TextCNN, TextCNNConfig
@@ -340,9 +355,17 @@ def _token_features(tokenizer: Any, max_length: int) -> Callable[[list[str]], Te
 
 
 class FineTunedEncoder(nn.Module):
-    """A pretrained sentence encoder trained end to end with a linear layer on its mean pooling."""
+    """A pretrained sentence encoder trained end to end with a classifier on its mean pooling.
 
-    def __init__(self, name_or_path: str, labels: int, dropout: float = 0.1) -> None:
+    head "linear": a plain linear layer. head "cosine": logits are `scale` times the cosine
+    between the text's embedding and one learnt vector per intent, which starts at the mean
+    embedding of that intent's training texts, so training begins from a nearest-centroid
+    classifier, as the sentence encoder was trained to compare by cosine.
+    """
+
+    def __init__(
+        self, name_or_path: str, labels: int, head: str = "linear", dropout: float = 0.1
+    ) -> None:
         super().__init__()
         from transformers import AutoModel
 
@@ -352,19 +375,45 @@ class FineTunedEncoder(nn.Module):
         with quiet_transformers():
             self.encoder = AutoModel.from_pretrained(encoder_path(name_or_path))
         self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(self.encoder.config.hidden_size, labels)
+        self.out = nn.Linear(self.encoder.config.hidden_size, labels, bias=head == "linear")
+        self.head = head
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, features: Tensor) -> Tensor:
-        """Logits (B, labels) for features (B, 2, T): token ids and attention mask, right-padded."""
+    def pooled(self, features: Tensor) -> Tensor:
+        """Mean of the token states (B, hidden) for features (B, 2, T): ids and mask, right-padded."""
         width = int(features[:, 1].sum(1).max())  # this batch's longest text, not the data's
         ids, mask = features[:, 0, :width], features[:, 1, :width]
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return self.out(self.drop(pooled))
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Logits (B, labels)."""
+        pooled = self.drop(self.pooled(features))
+        if self.head == "linear":
+            return self.out(pooled)
+        cosine = nn.functional.normalize(pooled, dim=-1) @ nn.functional.normalize(
+            self.out.weight, dim=-1
+        ).T.to(pooled.dtype)
+        return COSINE_SCALE * cosine
+
+    @torch.no_grad()
+    def start_at_centroids(self, features: Tensor, targets: list[int]) -> None:
+        """Set each intent's vector to the mean unit embedding of its training texts."""
+        was_training = self.training
+        self.eval()
+        sums = torch.zeros_like(self.out.weight)
+        for first in range(0, len(features), 256):
+            embedded = nn.functional.normalize(self.pooled(features[first : first + 256]), dim=-1)
+            sums.index_add_(0, torch.tensor(targets[first : first + 256]), embedded)
+        self.out.weight.copy_(nn.functional.normalize(sums, dim=-1))
+        self.train(was_training)
+
+
+# Cosines lie in [-1, 1]; scaled by 20 the softmax can still be confident over 150 intents.
+COSINE_SCALE = 20.0
 
 
 def encoder_features(name_or_path: str, max_length: int) -> Callable[[list[str]], Tensor]:
@@ -385,19 +434,29 @@ def encoder_features(name_or_path: str, max_length: int) -> Callable[[list[str]]
 
 
 def _finetune_model(
-    texts: list[str], labels: int, run_dir: Path, recipe: IntentRecipe, encoder: Any
+    texts: list[str],
+    targets: list[int],
+    labels: int,
+    run_dir: Path,
+    recipe: IntentRecipe,
+    encoder: Any,
 ) -> tuple[Callable, nn.Module, dict]:
     """MiniLM (or another sentence encoder) fine-tuned end to end, or through LoRA adapters."""
-    network = FineTunedEncoder(recipe.encoder, labels)
+    network = FineTunedEncoder(recipe.encoder, labels, recipe.head)
+    featurize = encoder_features(recipe.encoder, recipe.max_length)
+    if recipe.head == "cosine":
+        network.start_at_centroids(featurize(texts), targets)
     if recipe.lora:
         from kefu.models.lora import add_lora
 
         add_lora(network.encoder, recipe.lora)  # the output layer stays fully trainable
-    return (
-        encoder_features(recipe.encoder, recipe.max_length),
-        network,
-        {"model": "finetune", "encoder": recipe.encoder, "max_length": recipe.max_length},
-    )
+    description = {
+        "model": "finetune",
+        "encoder": recipe.encoder,
+        "max_length": recipe.max_length,
+        "head": recipe.head,
+    }
+    return featurize, network, description
 
 
 INTENT_MODELS: dict[str, Callable[..., tuple[Callable, nn.Module, dict]]] = {
@@ -425,12 +484,11 @@ def train_intent(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    targets = [index[g] for g in gold]
     featurize, network, description = INTENT_MODELS[recipe.model](
-        texts, len(labels), run_dir, recipe, encoder
+        texts, targets, len(labels), run_dir, recipe, encoder
     )
-    train_data = FeatureBatches(
-        featurize(texts), torch.tensor([index[g] for g in gold]), config.seed
-    )
+    train_data = FeatureBatches(featurize(texts), torch.tensor(targets), config.seed)
     valid_features = featurize(valid_texts) if valid_texts else None
     valid_data = None
     if valid_features is not None:
@@ -486,7 +544,7 @@ def load_classifier(run_dir: str | Path) -> IntentClassifier:
     network: nn.Module
     featurize: Callable[[list[str]], Tensor]
     if config["model"] == "finetune":
-        network = FineTunedEncoder(config["encoder"], len(labels))
+        network = FineTunedEncoder(config["encoder"], len(labels), config.get("head", "linear"))
         featurize = encoder_features(config["encoder"], config["max_length"])
     elif config["model"] == "embed":
         from kefu.models.encoder import SentenceEncoder

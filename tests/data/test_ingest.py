@@ -447,6 +447,8 @@ FILE_NAMES = {
     "crosswoz": "x.json.zip",
     "intents": "x.csv",
     "faq": "x.jsonl",
+    "spans": "x.json",
+    "clinc150": "x.json",
 }
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
@@ -471,6 +473,15 @@ JSONISH = st.recursive(
                     "label",
                     "question",
                     "answer",
+                    "entities",
+                    "slots",
+                    "span",
+                    "start",
+                    "end",
+                    "type",
+                    "intents",
+                    "train",
+                    "oos_test",
                 ]
             ),
             inner,
@@ -498,3 +509,83 @@ def test_garbage_never_crashes_and_nothing_vanishes(tmp_path_factory, fmt, conte
     written = sum(stats["splits"][s]["records"] for s in SPLITS)
     accounted = written + stats["duplicates_removed"] + stats["rejects"]["total"]
     assert accounted >= stats["records_read"] and (accounted > 0 or content.strip() == b"")
+
+
+def test_spans_nlupp_and_kefu_forms_checked_against_the_text(tmp_path, write):
+    nlupp = [
+        {
+            "text": "Send 20 pounds to Ann tomorrow",
+            "intents": ["transfer"],
+            "slots": {
+                "amount_of_money": {"text": "20 pounds", "span": [5, 14]},
+                "date": {"text": "tomorrow", "span": [22, 30]},
+            },
+        },
+        {"text": "no slots here", "intents": ["deny"]},
+        {"text": "bad offsets", "slots": {"date": {"text": "x", "span": [5, 40]}}},
+        {"text": "wrong text", "slots": {"date": {"text": "nope", "span": [0, 5]}}},
+    ]
+    own = json.dumps(
+        {
+            "text": "block card 1234",
+            "entities": [{"type": "card", "start": 11, "end": 15}],
+            "split": "test",
+        }
+    )
+    _, records, rejects = run(
+        tmp_path,
+        "spans",
+        [write("fold0.json", json.dumps(nlupp, indent=1)), write("own.jsonl", own)],
+    )
+    by_text = {r["text"]: r for r in records}
+    assert by_text["Send 20 pounds to Ann tomorrow"]["entities"] == [
+        {"type": "amount_of_money", "start": 5, "end": 14, "text": "20 pounds"},
+        {"type": "date", "start": 22, "end": 30, "text": "tomorrow"},
+    ]
+    assert by_text["no slots here"]["entities"] == [] and by_text["no slots here"]["intents"] == [
+        "deny"
+    ]
+    assert by_text["block card 1234"]["entities"][0]["text"] == "1234"
+    assert sorted((r["line"], r["code"]) for r in rejects) == [(30, "bad_span"), (42, "bad_span")]
+    assert "0 <= start < end <= 11" in rejects[0]["reason"] + rejects[1]["reason"]
+    assert "'nope' is not the text at 0:5, 'wrong'" in rejects[0]["reason"] + rejects[1]["reason"]
+
+
+def test_cleaning_moves_spans_with_their_text_or_rejects_the_record(tmp_path, write):
+    rows = [
+        # full-width digits become ASCII and the double space collapses: the span moves left
+        {"text": "Pay  ＄２０ to Bob", "entities": [{"type": "amount", "start": 5, "end": 8}]},
+        # redaction replaces part of the span: it cannot be found again
+        {
+            "text": "call me on 415 555 0134 ext",
+            "entities": [{"type": "ext", "start": 19, "end": 27}],
+        },
+    ]
+    path = write("spans.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    _, records, rejects = run(tmp_path, "spans", [path])
+    assert [(r["text"], r["entities"]) for r in records] == [
+        ("Pay $20 to Bob", [{"type": "amount", "start": 4, "end": 7, "text": "$20"}])
+    ]
+    assert [r["code"] for r in rejects] == ["span_lost"] and "'0134 ext' at 19" in rejects[0][
+        "reason"
+    ]
+
+
+def test_clinc150_splits_and_out_of_scope(tmp_path, write):
+    data = {
+        "train": [["what is my balance", "balance"], ["pay my bill", "pay_bill"], ["broken"]],
+        "val": [["balance please", "balance"]],
+        "oos_train": [["how tall is everest", "oos"]],
+        "test": [["show my balance", "balance"]],
+    }
+    _, records, rejects = run(tmp_path, "clinc150", [write("data_full.json", json.dumps(data))])
+    assert {(r["text"], r["label"]) for r in records} == {
+        ("what is my balance", "balance"),
+        ("pay my bill", "pay_bill"),
+        ("balance please", "balance"),
+        ("how tall is everest", "out_of_scope"),
+        ("show my balance", "balance"),
+    }
+    assert [(r["code"], r["reason"]) for r in rejects] == [
+        ("bad_row", "train[2]: expected [text, intent]")
+    ]

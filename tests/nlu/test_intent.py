@@ -173,7 +173,12 @@ def card_or_loan(tmp_path, write) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "settings", [{"train": {"lr": 5e-5}}, {"lora": {"rank": 4}, "train": {"lr": 1e-3}}]
+    "settings",
+    [
+        {"train": {"lr": 5e-5}},
+        {"head": "cosine", "train": {"lr": 5e-5}},
+        {"lora": {"rank": 4}, "train": {"lr": 1e-3}},
+    ],
 )
 def test_finetuned_encoder_learns_and_reloads(tmp_path, write, settings):
     card_or_loan(tmp_path, write)
@@ -207,4 +212,20 @@ def test_recipes_start_from_the_models_defaults(write):
 
 def test_the_shipped_intent_recipes_are_valid():
     for path in sorted((REPO / "recipes" / "intent").glob("*.yaml")):
-        assert load_config(path, kind="intent").model == "finetune", path
+        assert load_config(path, kind="intent").train.max_steps > 0, path
+
+
+def test_cosine_head_starts_as_a_nearest_centroid_classifier():
+    from kefu.nlu.intent import FineTunedEncoder, encoder_features
+
+    texts = ["where is my card", "my card has not come", "I want a loan", "can I borrow money"]
+    targets = [0, 0, 1, 1]
+    network = FineTunedEncoder("all-MiniLM-L6-v2", 2, "cosine").eval()
+    features = encoder_features("all-MiniLM-L6-v2", 32)([*texts, "lend me 500 dollars"])
+    network.start_at_centroids(features[:4], targets)
+    with torch.no_grad():
+        unit = torch.nn.functional.normalize(network.pooled(features), dim=-1)
+        centroids = torch.stack([unit[:2].mean(0), unit[2:4].mean(0)])
+        expected = 20.0 * unit @ torch.nn.functional.normalize(centroids, dim=-1).T
+        assert torch.allclose(network(features), expected, atol=1e-5)
+    assert network(features).argmax(-1).tolist() == [0, 0, 1, 1, 1]
