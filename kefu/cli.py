@@ -574,7 +574,10 @@ def eval_entities(
     ] = None,
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
     out: Annotated[
-        Path | None, typer.Option(help="Folder for report.md and eval.json (default: the run).")
+        Path | None,
+        typer.Option(
+            help="Folder for report.md and eval.json (default: the run; DATA/eval-rules)."
+        ),
     ] = None,
 ) -> None:
     """Entity precision/recall/F1 (exact span and type), per type, and latency."""
@@ -589,21 +592,13 @@ def eval_entities(
 
         extractor = EntityExtractor(load_project(project).entities.patterns if project else {})
         title = f"Rule extractors on {data} ({split})"
+        out = out or data / "eval-rules"
         results = evaluate_entities(
-            lambda texts: [extractor(t) for t in texts], records, out or data, title
+            lambda texts: [(extractor(t), None) for t in texts], records, out, title
         )
     else:
-        tagger = load_tagger(run)
         title = f"Tagger {run} on {data} ({split})"
-        results = evaluate_entities(
-            tagger.entities,
-            records,
-            out or run,
-            title,
-            (lambda texts: [list(i) for _, i in tagger.predict(texts)])
-            if tagger.intent_names
-            else None,
-        )
+        results = evaluate_entities(load_tagger(run).analyse, records, out or run, title)
     e = results["entities"]
     extra = (
         f"; intents micro-F1 {100 * results['intents']['f1']:.2f}" if "intents" in results else ""
@@ -611,7 +606,7 @@ def eval_entities(
     stdout.print(
         f"{title}: entity precision {100 * e['precision']:.2f}, recall {100 * e['recall']:.2f}, F1 {100 * e['f1']:.2f}{extra}"
     )
-    stdout.print(f"report: {(out or run or data) / 'report.md'}")
+    stdout.print(f"report: {(out or run) / 'report.md'}")
 
 
 def nlu_command(

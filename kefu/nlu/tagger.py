@@ -225,8 +225,12 @@ class Tagger:
                 results.append((entities, chosen))
         return results
 
-    def entities(self, texts: list[str]) -> list[list[Entity]]:
-        return [entities for entities, _ in self.predict(texts)]
+    def analyse(self, texts: list[str]) -> list[tuple[list[Entity], list[str] | None]]:
+        """What `evaluate_entities` scores: entities, and intents when the tagger learnt them."""
+        return [
+            (entities, list(intents) if self.intent_names else None)
+            for entities, intents in self.predict(texts)
+        ]
 
     def save(self, run_dir: Path) -> None:
         from kefu.files import write_text_atomically
@@ -360,20 +364,24 @@ def multilabel_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dic
 
 
 def evaluate_entities(
-    extract: Callable[[list[str]], list[list[Entity]]],
+    analyse: Callable[[list[str]], list[tuple[list[Entity], list[str] | None]]],
     records: list[dict[str, Any]],
     out_dir: str | Path,
     title: str,
-    intents: Callable[[list[str]], list[list[str]]] | None = None,
 ) -> dict[str, Any]:
-    """Exact-span entity P/R/F1 (micro and per type) of `extract` on `records`, intents' micro-F1
-    when the extractor has intents, per-text CPU latency; writes eval.json and report.md."""
+    """Exact-span entity P/R/F1 (micro and per type), intents' micro-F1 when `analyse` gives
+    intents (not None), per-text CPU latency; writes eval.json and report.md into `out_dir`.
+
+    Args:
+        analyse: texts → for each, its entities and its intents (or None).
+    """
     import time
 
     from kefu.files import write_text_atomically
 
     texts = [r["text"] for r in records]
-    found = extract(texts)
+    analysed = analyse(texts)
+    found = [entities for entities, _ in analysed]
     results: dict[str, Any] = {
         "examples": len(records),
         "entities": span_metrics(
@@ -381,14 +389,14 @@ def evaluate_entities(
             [[(e.type, e.start, e.end) for e in spans] for spans in found],
         ),
     }
-    if intents is not None:
+    if analysed and analysed[0][1] is not None:
         results["intents"] = multilabel_metrics(
-            [r.get("intents", []) for r in records], intents(texts)
+            [r.get("intents", []) for r in records], [intents or [] for _, intents in analysed]
         )
     latencies = []
     for text in texts[:200]:
         started = time.perf_counter()
-        extract([text])
+        analyse([text])
         latencies.append(1000 * (time.perf_counter() - started))
     latencies.sort()
     results["latency_ms"] = {
