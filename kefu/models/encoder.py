@@ -9,6 +9,7 @@ fetched at run time. MiniLM is an English model: Chinese text should use another
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,18 +37,36 @@ def encoder_path(name_or_path: str = DEFAULT_ENCODER) -> str:
     return name_or_path
 
 
+def pretrained_encoder(name_or_path: str = DEFAULT_ENCODER) -> nn.Module:
+    """The transformer of an encoder folder (token states out), loaded without chatter."""
+    from transformers import AutoModel
+
+    with quiet_transformers():
+        return AutoModel.from_pretrained(encoder_path(name_or_path))
+
+
+def pretrained_tokenizer(name_or_path: str = DEFAULT_ENCODER) -> Any:
+    """The fast tokenizer of an encoder folder (character offsets included)."""
+    from transformers import AutoTokenizer
+
+    with quiet_transformers():
+        return AutoTokenizer.from_pretrained(encoder_path(name_or_path))
+
+
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """The mean of the token states (B, T, dim) over the real tokens of `mask` (B, T)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # padding does not count
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 class SentenceEncoder(nn.Module):
     """Texts → unit-length vectors (N, dim)."""
 
     def __init__(self, name_or_path: str = DEFAULT_ENCODER, max_length: int = 128) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
-        path = encoder_path(name_or_path)
         self.name = name_or_path
-        with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).eval()
+        self.tokenizer = pretrained_tokenizer(name_or_path)
+        self.model = pretrained_encoder(name_or_path).eval()
         self.max_length = max_length
 
     @property
@@ -59,9 +78,7 @@ class SentenceEncoder(nn.Module):
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         hidden = self.model(**batch).last_hidden_state  # (N, T, dim)
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # padding does not count
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return nn.functional.normalize(pooled, dim=-1)
+        return nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from kefu.config import StrictModel, resolve_path
 from kefu.data.folder import load_stats, read_split
 from kefu.errors import KefuError
-from kefu.models.encoder import DEFAULT_ENCODER
+from kefu.models.encoder import DEFAULT_ENCODER, mean_pool
 from kefu.models.lora import LoRAConfig
 from kefu.train.loop import TrainConfig
 
@@ -367,13 +367,9 @@ class FineTunedEncoder(nn.Module):
         self, name_or_path: str, labels: int, head: str = "linear", dropout: float = 0.1
     ) -> None:
         super().__init__()
-        from transformers import AutoModel
+        from kefu.models.encoder import pretrained_encoder
 
-        from kefu.console import quiet_transformers
-        from kefu.models.encoder import encoder_path
-
-        with quiet_transformers():
-            self.encoder = AutoModel.from_pretrained(encoder_path(name_or_path))
+        self.encoder = pretrained_encoder(name_or_path)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(self.encoder.config.hidden_size, labels, bias=head == "linear")
         self.head = head
@@ -385,9 +381,7 @@ class FineTunedEncoder(nn.Module):
         """Mean of the token states (B, hidden) for features (B, 2, T): ids and mask, right-padded."""
         width = int(features[:, 1].sum(1).max())  # this batch's longest text, not the data's
         ids, mask = features[:, 0, :width], features[:, 1, :width]
-        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return mean_pool(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
     def forward(self, features: Tensor) -> Tensor:
         """Logits (B, labels)."""
@@ -418,11 +412,9 @@ COSINE_SCALE = 20.0
 
 def encoder_features(name_or_path: str, max_length: int) -> Callable[[list[str]], Tensor]:
     """texts → (N, 2, T) token ids and attention masks of a pretrained encoder's tokenizer."""
-    from transformers import AutoTokenizer
+    from kefu.models.encoder import pretrained_tokenizer
 
-    from kefu.models.encoder import encoder_path
-
-    tokenizer = AutoTokenizer.from_pretrained(encoder_path(name_or_path))
+    tokenizer = pretrained_tokenizer(name_or_path)
 
     def featurize(texts: list[str]) -> Tensor:
         batch = tokenizer(

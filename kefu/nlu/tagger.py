@@ -31,7 +31,12 @@ from torch import Tensor, nn
 from kefu.config import StrictModel, resolve_path
 from kefu.data.folder import load_stats, read_split
 from kefu.errors import KefuError
-from kefu.models.encoder import DEFAULT_ENCODER
+from kefu.models.encoder import (
+    DEFAULT_ENCODER,
+    mean_pool,
+    pretrained_encoder,
+    pretrained_tokenizer,
+)
 from kefu.nlu.entities import Entity
 from kefu.train.loop import IGNORE, TrainConfig
 
@@ -78,13 +83,7 @@ class EncoderTagger(nn.Module):
 
     def __init__(self, name_or_path: str, tags: int, intents: int, dropout: float = 0.1) -> None:
         super().__init__()
-        from transformers import AutoModel
-
-        from kefu.console import quiet_transformers
-        from kefu.models.encoder import encoder_path
-
-        with quiet_transformers():
-            self.encoder = AutoModel.from_pretrained(encoder_path(name_or_path))
+        self.encoder = pretrained_encoder(name_or_path)
         width = self.encoder.config.hidden_size
         self.drop = nn.Dropout(dropout)
         self.tag_out = nn.Linear(width, tags)
@@ -101,9 +100,7 @@ class EncoderTagger(nn.Module):
         hidden = self.drop(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state)
         tags = self.tag_out(hidden)
         tags = nn.functional.pad(tags, (0, self.classes - tags.shape[-1]), value=NEVER)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        yes_no = self.intent_out(pooled).view(len(ids), self.intents, 2)
+        yes_no = self.intent_out(mean_pool(hidden, mask)).view(len(ids), self.intents, 2)
         yes_no = nn.functional.pad(yes_no, (0, self.classes - 2), value=NEVER)
         return torch.cat([tags, yes_no.to(tags.dtype)], dim=1)
 
@@ -248,14 +245,6 @@ class Tagger:
         )
 
 
-def _tokenizer(name_or_path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    from kefu.models.encoder import encoder_path
-
-    return AutoTokenizer.from_pretrained(encoder_path(name_or_path))
-
-
 def train_tagger(
     train_records: list[dict[str, Any]],
     valid_records: list[dict[str, Any]],
@@ -280,7 +269,7 @@ def train_tagger(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.train.seed)
-    tokenizer = _tokenizer(recipe.encoder)
+    tokenizer = pretrained_tokenizer(recipe.encoder)
     network = EncoderTagger(recipe.encoder, len(tags), len(intents))
 
     def batches(records: list[dict[str, Any]]) -> TaggerBatches:
@@ -324,7 +313,11 @@ def load_tagger(run_dir: str | Path) -> Tagger:
     load_model(network, str(Path(run_dir) / "model.safetensors"))
     settings = {"encoder": config["encoder"], "max_length": config["max_length"]}
     return Tagger(
-        network, _tokenizer(config["encoder"]), config["tags"], config["intents"], settings
+        network,
+        pretrained_tokenizer(config["encoder"]),
+        config["tags"],
+        config["intents"],
+        settings,
     )
 
 

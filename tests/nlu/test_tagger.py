@@ -10,10 +10,10 @@ import torch
 
 from kefu.config import DataSource
 from kefu.data.ingest import ingest
+from kefu.models.encoder import pretrained_tokenizer
 from kefu.nlu.tagger import (
     Encoded,
     TaggerRecipe,
-    _tokenizer,
     bio_targets,
     decode_spans,
     load_spans,
@@ -38,7 +38,7 @@ def test_spans_become_bio_tags_on_word_pieces_and_back():
             {"type": "time", "start": 34, "end": 37},
         ],
     }
-    encoded = Encoded(_tokenizer("all-MiniLM-L6-v2"), [text], 32)
+    encoded = Encoded(pretrained_tokenizer("all-MiniLM-L6-v2"), [text], 32)
     targets = bio_targets(encoded, [record], TAGS)[0].tolist()
     # [CLS] send 20 pounds to ann tomorrow at 5 ##pm [SEP]
     assert targets == [IGNORE, 0, 1, 2, 0, 0, 3, 0, 5, 6, IGNORE]
@@ -52,7 +52,7 @@ def test_spans_become_bio_tags_on_word_pieces_and_back():
 
 def test_an_inside_tag_of_another_type_opens_a_new_span():
     text = "Send 20 pounds"
-    encoded = Encoded(_tokenizer("all-MiniLM-L6-v2"), [text], 16)
+    encoded = Encoded(pretrained_tokenizer("all-MiniLM-L6-v2"), [text], 16)
     tags = [IGNORE, 0, 2, 4, IGNORE]  # send O, 20 I-amount, pounds I-date
     spans = decode_spans(text, encoded.offsets[0], encoded.is_piece[0], tags, TAGS)
     assert [(e.type, e.text) for e in spans] == [("amount", "20"), ("date", "pounds")]
@@ -215,7 +215,7 @@ def test_tagger_refuses_data_without_spans_or_with_unseen_types(tmp_path):
 
 
 def test_features_keep_ignore_on_padding():
-    encoded = Encoded(_tokenizer("all-MiniLM-L6-v2"), ["hi", "a longer text here"], 16)
+    encoded = Encoded(pretrained_tokenizer("all-MiniLM-L6-v2"), ["hi", "a longer text here"], 16)
     targets = bio_targets(encoded, [{"entities": []}, {"entities": []}], TAGS)
     assert targets[0].tolist().count(IGNORE) == int((encoded.features[0, 1] == 0).sum()) + 2
     assert torch.equal(
