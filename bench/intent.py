@@ -166,8 +166,8 @@ def main() -> None:
             r["model"],
             f"{r['train_s']}",
             f"{r['accuracy']}",
-            str(r["in_scope_accuracy"] or "—"),
-            str(r["oos_recall"] or "—"),
+            "—" if r["in_scope_accuracy"] is None else str(r["in_scope_accuracy"]),
+            "—" if r["oos_recall"] is None else str(r["oos_recall"]),
             f"{r['latency_p50_ms']} / {r['latency_p99_ms']}",
             r["published"],
         )
