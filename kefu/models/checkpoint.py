@@ -10,6 +10,7 @@ runs/<name>/
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ def save_weights(model: nn.Module, path: Path) -> None:
     """Weights to safetensors, atomically; shared (tied) tensors are stored once."""
     with replaced_atomically(path) as temporary:
         save_model(model, str(temporary))
+
+
+def save_described(run_dir: Path, model: nn.Module, described: dict[str, Any]) -> None:
+    """A small model's run folder: model.safetensors, and config.json with what rebuilds it."""
+    save_weights(model, run_dir / "model.safetensors")
+    write_text_atomically(
+        run_dir / "config.json", json.dumps(described, indent=2, ensure_ascii=False) + "\n"
+    )
 
 
 def save_run(

@@ -201,19 +201,10 @@ class IntentClassifier:
         return predictions
 
     def save(self, run_dir: Path) -> None:
-        from kefu.files import write_text_atomically
-        from kefu.models.checkpoint import save_weights
+        from kefu.models.checkpoint import save_described
 
-        save_weights(self.network, run_dir / "model.safetensors")
-        described = {
-            "kind": "intent",
-            **self.description,
-            "labels": self.labels,
-            "threshold": self.threshold,
-        }
-        write_text_atomically(
-            run_dir / "config.json", json.dumps(described, indent=2, ensure_ascii=False) + "\n"
-        )
+        described = {"kind": "intent", **self.description, "labels": self.labels}
+        save_described(run_dir, self.network, {**described, "threshold": self.threshold})
 
 
 class IntentRecipe(StrictModel):
@@ -466,7 +457,7 @@ def train_intent(
     Args:
         encoder: embed only: an already loaded SentenceEncoder to reuse.
     """
-    from kefu.train.loop import train
+    from kefu.train.loop import BestWeights, train
 
     config = recipe.train
     texts, gold = load_examples(data_dir, "train")
@@ -487,14 +478,9 @@ def train_intent(
         valid_data = FeatureBatches(
             valid_features, torch.tensor([index[g] for g in valid_gold]), config.seed
         )
-    best: dict[str, Tensor] = {}
-
-    def keep_best(trained: nn.Module) -> None:  # called whenever validation improves
-        best.update({name: value.detach().clone() for name, value in trained.state_dict().items()})
-
-    train(network, train_data, valid_data, config, run_dir, keep_best)
-    if best:
-        network.load_state_dict(best)
+    best = BestWeights()
+    train(network, train_data, valid_data, config, run_dir, best)
+    best.restore(network)
     if recipe.lora:
         from kefu.models.lora import merge_lora
 

@@ -230,19 +230,10 @@ class Tagger:
         ]
 
     def save(self, run_dir: Path) -> None:
-        from kefu.files import write_text_atomically
-        from kefu.models.checkpoint import save_weights
+        from kefu.models.checkpoint import save_described
 
-        save_weights(self.network, run_dir / "model.safetensors")
-        described = {
-            "kind": "tagger",
-            **self.config,
-            "tags": self.tags,
-            "intents": self.intent_names,
-        }
-        write_text_atomically(
-            run_dir / "config.json", json.dumps(described, indent=2, ensure_ascii=False) + "\n"
-        )
+        described = {"kind": "tagger", **self.config, "tags": self.tags}
+        save_described(run_dir, self.network, {**described, "intents": self.intent_names})
 
 
 def train_tagger(
@@ -252,7 +243,7 @@ def train_tagger(
     recipe: TaggerRecipe,
 ) -> Tagger:
     """Fine-tune the encoder to tag the records' entity types (and intents); save the run."""
-    from kefu.train.loop import train
+    from kefu.train.loop import BestWeights, train
 
     types = sorted({e["type"] for r in train_records for e in r["entities"]})
     if not types:
@@ -281,15 +272,10 @@ def train_tagger(
             encoded.features, bio_targets(encoded, records, tags), answers, recipe.train.seed
         )
 
-    best: dict[str, Tensor] = {}
-
-    def keep_best(trained: nn.Module) -> None:
-        best.update({name: value.detach().clone() for name, value in trained.state_dict().items()})
-
+    best = BestWeights()
     valid = batches(valid_records) if valid_records else None
-    train(network, batches(train_records), valid, recipe.train, run_dir, keep_best)
-    if best:
-        network.load_state_dict(best)
+    train(network, batches(train_records), valid, recipe.train, run_dir, best)
+    best.restore(network)
     config = {"encoder": recipe.encoder, "max_length": recipe.max_length}
     tagger = Tagger(network.cpu(), tokenizer, tags, intents, config)
     tagger.save(run_dir)

@@ -225,6 +225,20 @@ class _Checkpoint:
         return saved
 
 
+class BestWeights:
+    """A `save_model` for `train` that keeps the best weights in memory, to restore at the end."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Tensor] = {}
+
+    def __call__(self, model: nn.Module) -> None:
+        self.state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> None:
+        if self.state:
+            model.load_state_dict(self.state)
+
+
 def train(
     model: nn.Module,
     train_data: Batches,
