@@ -597,16 +597,16 @@ def _spans(text: str, obj: dict[str, Any]) -> list[Span] | str:
     checked against the text, or what is wrong with them."""
     listed = obj.get("entities")
     if listed is None and isinstance(obj.get("slots"), dict):  # NLU++: {name: {"span": [s, e]}}
-        listed = [
-            {
-                "type": name,
-                "start": (slot.get("span") or [None, None])[0],
-                "end": (slot.get("span") or [None, None])[1],
-                "text": slot.get("text"),
-            }
-            for name, slot in obj["slots"].items()
-            if isinstance(slot, dict)
-        ]
+        listed = []
+        for name, slot in obj["slots"].items():
+            span = slot.get("span") if isinstance(slot, dict) else None
+            if not (isinstance(span, list) and len(span) == 2):
+                return f'slot {name!r}: expected {{"span": [start, end]}}'
+            listed.append(
+                {"type": name, "start": span[0], "end": span[1], "text": slot.get("text")}
+            )
+    if listed is not None and not isinstance(listed, list):
+        return "`entities` must be a list of {type, start, end}"
     spans = []
     for number, entity in enumerate(listed or []):
         where = f"entity {number + 1}"
@@ -677,6 +677,11 @@ def read_clinc150(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         return
     for key in keys:
         split = CLINC_SPLITS[key.removeprefix("oos_")]
+        if not isinstance(data[key], list):
+            yield Reject(
+                src.name, None, "bad_row", f"{key}: expected a list of [text, intent]", data[key]
+            )
+            continue
         for index, pair in enumerate(data[key]):
             where = f"{key}[{index}]"
             if not (
