@@ -456,6 +456,19 @@ def chat_command(
     chat_loop(loaded.model, loaded.tokenizer, sampling, sys.stdin, write, system, context)
 
 
+def _recipe(model: type[Any], kind: str, recipe: Path | None, options: dict[str, Any]) -> Any:
+    """A recipe of `kind` from its file (if given) with the command-line options over it; it
+    must name a data folder one way or the other."""
+    fields: dict[str, Any] = {"kind": kind}
+    if recipe is not None:
+        fields = load_config(recipe, kind=kind).model_dump(exclude_unset=True)
+    _merge(fields, options)
+    settings = validate(model, fields, "the training options", f"{kind} recipe")
+    if settings.data is None:
+        raise KefuError("no data: give --data DIR or `data:` in the recipe")
+    return settings
+
+
 def train_intent(
     recipe: Annotated[
         Path | None,
@@ -485,22 +498,14 @@ def train_intent(
     """Train an intent classifier with a calibrated out-of-scope threshold."""
     from kefu.nlu.intent import IntentRecipe, train_intent
 
-    fields: dict[str, Any] = {"kind": "intent"}
-    if recipe is not None:
-        fields = load_config(recipe, kind="intent").model_dump(exclude_unset=True)
-    _merge(
-        fields,
-        {
-            "model": model,
-            "data": data and str(data),
-            "precision": precision,
-            "lora": {} if lora else None,
-            "train": {"max_steps": max_steps, "lr": lr},
-        },
-    )
-    settings = validate(IntentRecipe, fields, "the training options", "intent recipe")
-    if settings.data is None:
-        raise KefuError("no data: give --data DIR or `data:` in the recipe")
+    options = {
+        "model": model,
+        "data": data and str(data),
+        "precision": precision,
+        "lora": {} if lora else None,
+        "train": {"max_steps": max_steps, "lr": lr},
+    }
+    settings = _recipe(IntentRecipe, "intent", recipe, options)
     _, info = train_intent(settings.data, out, settings)
     stdout.print(
         f"trained a {settings.model} intent model over {info['labels']} intents from {info['train_examples']:,} examples; out-of-scope below confidence {info['threshold']:.3f}; run folder: {out}"
@@ -544,13 +549,8 @@ def train_entities(
     """Train the entity tagger (and multi-label intents) on annotated spans."""
     from kefu.nlu.tagger import TaggerRecipe, load_spans, train_tagger
 
-    fields: dict[str, Any] = {"kind": "entities"}
-    if recipe is not None:
-        fields = load_config(recipe, kind="entities").model_dump(exclude_unset=True)
-    _merge(fields, {"data": data and str(data), "train": {"max_steps": max_steps, "lr": lr}})
-    settings = validate(TaggerRecipe, fields, "the training options", "tagger recipe")
-    if settings.data is None:
-        raise KefuError("no data: give --data DIR or `data:` in the recipe")
+    options = {"data": data and str(data), "train": {"max_steps": max_steps, "lr": lr}}
+    settings = _recipe(TaggerRecipe, "entities", recipe, options)
     tagger = train_tagger(
         load_spans(settings.data, "train"), load_spans(settings.data, "valid"), out, settings
     )

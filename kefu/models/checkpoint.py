@@ -48,6 +48,26 @@ def save_described(run_dir: Path, model: nn.Module, described: dict[str, Any]) -
     )
 
 
+def read_described(run_dir: str | Path, kind: str, command: str) -> dict[str, Any]:
+    """The config.json `save_described` wrote, checked to describe a model of `kind`.
+
+    Args:
+        command: the kefu command that trains such a model, for the error message.
+    """
+    path = Path(run_dir) / "config.json"
+    try:
+        described = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KefuError(
+            f"{run_dir} is not a {kind} model (no config.json); train one with `{command}`"
+        ) from None
+    if described.get("kind") != kind:
+        raise KefuError(
+            f"{path} does not describe a kefu {kind} model (kind: {described.get('kind')!r})"
+        )
+    return described
+
+
 def save_run(
     run_dir: str | Path,
     arch: str,

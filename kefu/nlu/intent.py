@@ -506,17 +506,13 @@ def load_classifier(run_dir: str | Path) -> IntentClassifier:
     """An intent model saved by `train_intent`, ready to predict."""
     from safetensors.torch import load_model
 
+    from kefu.models.checkpoint import read_described
+
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    config = read_described(run_dir, "intent", "kefu train intent")
+    if config.get("model") not in INTENT_MODELS:
         raise KefuError(
-            f"{run_dir} is not an intent model (no config.json); train one with `kefu train intent`"
-        ) from None
-    if config.get("kind") != "intent" or config.get("model") not in INTENT_MODELS:
-        raise KefuError(
-            f"{path} does not describe an intent model of kefu ({', '.join(INTENT_MODELS)})"
+            f"{run_dir / 'config.json'}: model {config.get('model')!r} is none of {', '.join(INTENT_MODELS)}"
         )
     labels = config["labels"]
     network: nn.Module

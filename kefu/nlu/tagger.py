@@ -286,15 +286,9 @@ def load_tagger(run_dir: str | Path) -> Tagger:
     """A tagger saved by `train_tagger`, ready to predict."""
     from safetensors.torch import load_model
 
-    path = Path(run_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KefuError(
-            f"{run_dir} is not a tagger (no config.json); train one with `kefu train entities`"
-        ) from None
-    if config.get("kind") != "tagger":
-        raise KefuError(f"{path} does not describe a kefu tagger (kind: {config.get('kind')!r})")
+    from kefu.models.checkpoint import read_described
+
+    config = read_described(run_dir, "tagger", "kefu train entities")
     network = EncoderTagger(config["encoder"], len(config["tags"]), len(config["intents"]))
     load_model(network, str(Path(run_dir) / "model.safetensors"))
     settings = {"encoder": config["encoder"], "max_length": config["max_length"]}

@@ -222,3 +222,17 @@ def test_features_keep_ignore_on_padding():
         encoded.is_piece[0],
         torch.tensor([False, True] + [False] * (encoded.features.shape[-1] - 2)),
     )
+
+
+def test_run_folders_of_the_wrong_kind_are_clear_errors(tmp_path):
+    from kefu.errors import KefuError
+    from kefu.nlu.intent import load_classifier
+
+    with pytest.raises(KefuError, match=r"no config.json.*`kefu train entities`"):
+        load_tagger(tmp_path)
+    (tmp_path / "config.json").write_text('{"kind": "intent", "model": "embed"}')
+    with pytest.raises(KefuError, match=r"does not describe a kefu tagger model .kind: 'intent'"):
+        load_tagger(tmp_path)
+    (tmp_path / "config.json").write_text('{"kind": "intent", "model": "bert"}')
+    with pytest.raises(KefuError, match="model 'bert' is none of embed, textcnn, finetune"):
+        load_classifier(tmp_path)
