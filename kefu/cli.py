@@ -508,7 +508,7 @@ def train_intent(
     settings = _recipe(IntentRecipe, "intent", recipe, options)
     _, info = train_intent(settings.data, out, settings)
     stdout.print(
-        f"trained a {settings.model} intent model over {info['labels']} intents from {info['train_examples']:,} examples; out-of-scope below confidence {info['threshold']:.3f}; run folder: {out}"
+        f"trained a {' + '.join(m.model for m in [settings, *settings.ensemble])} intent model over {info['labels']} intents from {info['train_examples']:,} examples; out-of-scope below confidence {info['threshold']:.3f}; run folder: {out}"
     )
 
 

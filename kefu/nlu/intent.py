@@ -8,7 +8,9 @@ model keeps reach a target precision (default 90%), out-of-scope questions count
 when they are kept. Below it the assistant says it did not understand, or hands off.
 
 Training uses kefu's one loop (kefu.train.loop) over precomputed embeddings, so a head trains in
-seconds; metrics follow the CLINC150 convention (in-scope accuracy, out-of-scope recall).
+seconds; metrics follow the CLINC150 convention (in-scope accuracy, out-of-scope recall). A recipe
+may name more models (`ensemble:`): each trains on its own, and their probabilities are averaged
+before the threshold applies.
 """
 
 from __future__ import annotations
@@ -98,15 +100,18 @@ class FeatureBatches:
     """`Batches` of (features, label ids) for the training loop; shuffled per epoch by seed.
 
     Features are whatever the model reads, computed once: sentence embeddings for `embed`,
-    padded token ids for `textcnn`.
+    padded token ids for `textcnn`, ids and masks for `finetune`. Given each text's length in
+    tokens, batches hold texts of similar length (see `Order`).
     """
 
-    def __init__(self, features: Tensor, labels: Tensor, seed: int) -> None:
+    def __init__(
+        self, features: Tensor, labels: Tensor, seed: int, lengths: Tensor | None = None
+    ) -> None:
         from kefu.train.data import Order
 
         self.features = features
         self.labels = labels
-        self.order = Order(len(labels), seed)
+        self.order = Order(len(labels), seed, lengths)
 
     def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
         rows = self.order.rows(index, size)
@@ -167,13 +172,14 @@ class IntentClassifier:
     """A trained intent model: how texts become features, the network, labels and threshold.
 
     Args:
-        featurize: texts → the network's input (embeddings or padded token ids).
+        featurize: texts → the network's input (embeddings or padded token ids; for an
+            ensemble, a list with one per member).
         description: what `load_classifier` needs to rebuild it (written to config.json).
     """
 
     def __init__(
         self,
-        featurize: Callable[[list[str]], Tensor],
+        featurize: Callable[[list[str]], Any],
         network: nn.Module,
         labels: list[str],
         threshold: float,
@@ -190,7 +196,7 @@ class IntentClassifier:
         return self.predict_features(self.featurize(texts), top_k)
 
     @torch.inference_mode()
-    def predict_features(self, features: Tensor, top_k: int = 3) -> list[Prediction]:
+    def predict_features(self, features: Tensor | list[Tensor], top_k: int = 3) -> list[Prediction]:
         probabilities = self.network(features).softmax(-1)
         values, indices = probabilities.topk(min(top_k, len(self.labels)), dim=-1)
         predictions = []
@@ -207,22 +213,17 @@ class IntentClassifier:
         save_described(run_dir, self.network, {**described, "threshold": self.threshold})
 
 
-class IntentRecipe(StrictModel):
-    """A recipe for `kefu train intent`: the model, its settings, and how to train it.
+class IntentModelRecipe(StrictModel):
+    """One intent model: which, its settings, and how to train it.
 
     `train` starts from the model's own defaults (DEFAULT_TRAINING), so a recipe names only what
     it changes.
     """
 
-    kind: Literal["intent"]
     model: Literal["embed", "textcnn", "finetune"] = Field(
         "embed",
         description="embed: frozen MiniLM + trained head; textcnn: from scratch; "
         "finetune: MiniLM trained end to end.",
-    )
-    data: str | None = Field(None, description="An `intents` data folder (or --data).")
-    precision: float = Field(
-        0.9, gt=0, le=1, description="In-scope precision the out-of-scope threshold aims for."
     )
     encoder: str = Field(
         DEFAULT_ENCODER, description="embed/finetune: the packaged MiniLM, or a model folder."
@@ -240,6 +241,11 @@ class IntentRecipe(StrictModel):
     lora: LoRAConfig | None = Field(
         None, description="finetune: train LoRA adapters instead of every weight."
     )
+    train_word_embeddings: bool = Field(
+        False,
+        description="finetune: also train the 30k-word embedding table (a third slower; the "
+        "words of a few thousand queries barely move it).",
+    )
     train: TrainConfig = Field(description="Optimizer, schedule, evaluation.")
 
     @model_validator(mode="before")
@@ -253,6 +259,22 @@ class IntentRecipe(StrictModel):
             if isinstance(given, dict):
                 fields = {**fields, "train": {**DEFAULT_TRAINING.get(model, {}), **given}}
         return fields
+
+
+class IntentRecipe(IntentModelRecipe):
+    """A recipe for `kefu train intent`: a model (see IntentModelRecipe), the data, the
+    out-of-scope precision target, and optionally more models to average with it."""
+
+    kind: Literal["intent"]
+    data: str | None = Field(None, description="An `intents` data folder (or --data).")
+    precision: float = Field(
+        0.9, gt=0, le=1, description="In-scope precision the out-of-scope threshold aims for."
+    )
+    ensemble: list[IntentModelRecipe] = Field(
+        [],
+        description="More models trained on the same data; the probabilities of all are "
+        "averaged (more accurate where they err differently; latency is the sum of theirs).",
+    )
 
     @field_validator("data")
     @classmethod
@@ -284,7 +306,8 @@ DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
         "eval_every": 280,
         "eval_batches": 16,
         "weight_decay": 0.01,
-        "precision": "bf16",
+        # fp32: bf16 autocast is slower on CPUs without AMX (0.43 against 0.30 s a step on one
+        # with AVX-512 bf16 only); on AMX CPUs and GPUs, set `precision: bf16`.
     },
 }
 
@@ -294,7 +317,7 @@ def _embed_model(
     targets: list[int],
     labels: int,
     run_dir: Path,
-    recipe: IntentRecipe,
+    recipe: IntentModelRecipe,
     encoder: Any,
 ) -> tuple[Callable, nn.Module, dict]:
     """MiniLM sentence embeddings (frozen) under a linear or MLP head."""
@@ -314,7 +337,7 @@ def _textcnn_model(
     targets: list[int],
     labels: int,
     run_dir: Path,
-    recipe: IntentRecipe,
+    recipe: IntentModelRecipe,
     encoder: Any,
 ) -> tuple[Callable, nn.Module, dict]:
     """A TextCNN over a byte-level BPE tokenizer learnt from the training texts (saved with it)."""
@@ -355,12 +378,18 @@ class FineTunedEncoder(nn.Module):
     """
 
     def __init__(
-        self, name_or_path: str, labels: int, head: str = "linear", dropout: float = 0.1
+        self,
+        name_or_path: str,
+        labels: int,
+        head: str = "linear",
+        dropout: float = 0.1,
+        train_word_embeddings: bool = True,
     ) -> None:
         super().__init__()
         from kefu.models.encoder import pretrained_encoder
 
         self.encoder = pretrained_encoder(name_or_path)
+        self.encoder.get_input_embeddings().weight.requires_grad_(train_word_embeddings)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(self.encoder.config.hidden_size, labels, bias=head == "linear")
         self.head = head
@@ -421,11 +450,13 @@ def _finetune_model(
     targets: list[int],
     labels: int,
     run_dir: Path,
-    recipe: IntentRecipe,
+    recipe: IntentModelRecipe,
     encoder: Any,
 ) -> tuple[Callable, nn.Module, dict]:
     """MiniLM (or another sentence encoder) fine-tuned end to end, or through LoRA adapters."""
-    network = FineTunedEncoder(recipe.encoder, labels, recipe.head)
+    network = FineTunedEncoder(
+        recipe.encoder, labels, recipe.head, train_word_embeddings=recipe.train_word_embeddings
+    )
     featurize = encoder_features(recipe.encoder, recipe.max_length)
     if recipe.head == "cosine":
         network.start_at_centroids(featurize(texts), targets)
@@ -442,6 +473,30 @@ def _finetune_model(
     return featurize, network, description
 
 
+class Ensemble(nn.Module):
+    """Models trained apart that vote, each on its own features (a list, one per member): the
+    log of their mean probabilities, so that a softmax over the output gives the average."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        probabilities = [m(f).softmax(-1) for m, f in zip(self.members, features, strict=True)]
+        return torch.stack(probabilities).mean(0).log()
+
+
+def ensemble_features(
+    featurizers: list[Callable[[list[str]], Tensor]],
+) -> Callable[[list[str]], list[Tensor]]:
+    """texts → one feature tensor per member of an Ensemble."""
+
+    def featurize(texts: list[str]) -> list[Tensor]:
+        return [member(texts) for member in featurizers]
+
+    return featurize
+
+
 INTENT_MODELS: dict[str, Callable[..., tuple[Callable, nn.Module, dict]]] = {
     "embed": _embed_model,
     "textcnn": _textcnn_model,
@@ -452,43 +507,37 @@ INTENT_MODELS: dict[str, Callable[..., tuple[Callable, nn.Module, dict]]] = {
 def train_intent(
     data_dir: str | Path, run_dir: str | Path, recipe: IntentRecipe, encoder: Any = None
 ) -> tuple[IntentClassifier, dict[str, Any]]:
-    """Train an intent model on an `intents` data folder, calibrate its threshold, save it.
+    """Train an intent model (or each model of an ensemble) on an `intents` data folder,
+    calibrate the threshold, save it.
 
     Args:
         encoder: embed only: an already loaded SentenceEncoder to reuse.
     """
-    from kefu.train.loop import BestWeights, train
-
-    config = recipe.train
     texts, gold = load_examples(data_dir, "train")
     valid_texts, valid_gold = load_examples(data_dir, "valid")
     labels = check_labels(gold, valid_gold, "valid")
     index = {label: i for i, label in enumerate(labels)}
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    targets = [index[g] for g in gold]
-    featurize, network, description = INTENT_MODELS[recipe.model](
-        texts, targets, len(labels), run_dir, recipe, encoder
+    examples = Examples(
+        texts, [index[g] for g in gold], valid_texts, [index[g] for g in valid_gold], len(labels)
     )
-    train_data = FeatureBatches(featurize(texts), torch.tensor(targets), config.seed)
-    valid_features = featurize(valid_texts) if valid_texts else None
-    valid_data = None
-    if valid_features is not None:
-        valid_data = FeatureBatches(
-            valid_features, torch.tensor([index[g] for g in valid_gold]), config.seed
+    models = [recipe, *recipe.ensemble]
+    trained = [
+        _train_model(
+            examples, run_dir / f"member{n}" if len(models) > 1 else run_dir, model, encoder
         )
-    best = BestWeights()
-    train(network, train_data, valid_data, config, run_dir, best)
-    best.restore(network)
-    if recipe.lora:
-        from kefu.models.lora import merge_lora
-
-        merge_lora(network)
-    network.cpu()
+        for n, model in enumerate(models)
+    ]
+    if len(trained) == 1:
+        featurize, network, description = trained[0]
+    else:
+        featurize = ensemble_features([f for f, _, _ in trained])
+        network = Ensemble([n for _, n, _ in trained])
+        description = {"model": "ensemble", "members": [d for _, _, d in trained]}
     classifier = IntentClassifier(featurize, network, labels, 0.0, description)
-    if valid_features is not None:
-        predictions = classifier.predict_features(valid_features, top_k=1)
+    if valid_texts:
+        predictions = classifier.predict(valid_texts, top_k=1)
         confidence = torch.tensor([p.confidence for p in predictions])
         correct = torch.tensor(
             [p.top[0][0] == g for p, g in zip(predictions, valid_gold, strict=True)]
@@ -502,6 +551,48 @@ def train_intent(
     }
 
 
+@dataclass
+class Examples:
+    """Training and validation texts with their label ids."""
+
+    texts: list[str]
+    targets: list[int]
+    valid_texts: list[str]
+    valid_targets: list[int]
+    labels: int
+
+
+def _train_model(
+    examples: Examples, run_dir: Path, recipe: IntentModelRecipe, encoder: Any
+) -> tuple[Callable[[list[str]], Tensor], nn.Module, dict]:
+    """One model trained by the loop, its best validation checkpoint kept: (featurize, network,
+    description)."""
+    from kefu.train.loop import BestWeights, train
+
+    config = recipe.train
+    torch.manual_seed(config.seed)
+    featurize, network, description = INTENT_MODELS[recipe.model](
+        examples.texts, examples.targets, examples.labels, run_dir, recipe, encoder
+    )
+    features = featurize(examples.texts)
+    # A fine-tuned encoder reads ids and masks: batching texts of similar length saves padding.
+    lengths = features[:, 1].sum(1) if recipe.model == "finetune" else None
+    train_data = FeatureBatches(features, torch.tensor(examples.targets), config.seed, lengths)
+    valid_data = None
+    if examples.valid_texts:
+        valid_data = FeatureBatches(
+            featurize(examples.valid_texts), torch.tensor(examples.valid_targets), config.seed
+        )
+    best = BestWeights()
+    train(network, train_data, valid_data, config, run_dir, best)
+    best.restore(network)
+    if recipe.lora:
+        from kefu.models.lora import merge_lora
+
+        merge_lora(network)
+    return featurize, network.cpu(), description
+
+
 def load_classifier(run_dir: str | Path) -> IntentClassifier:
     """An intent model saved by `train_intent`, ready to predict."""
     from safetensors.torch import load_model
@@ -510,32 +601,49 @@ def load_classifier(run_dir: str | Path) -> IntentClassifier:
 
     run_dir = Path(run_dir)
     config = read_described(run_dir, "intent", "kefu train intent")
-    if config.get("model") not in INTENT_MODELS:
-        raise KefuError(
-            f"{run_dir / 'config.json'}: model {config.get('model')!r} is none of {', '.join(INTENT_MODELS)}"
-        )
     labels = config["labels"]
+    featurize: Callable[[list[str]], Any]
     network: nn.Module
-    featurize: Callable[[list[str]], Tensor]
-    if config["model"] == "finetune":
-        network = FineTunedEncoder(config["encoder"], len(labels), config.get("head", "linear"))
-        featurize = encoder_features(config["encoder"], config["max_length"])
-    elif config["model"] == "embed":
-        from kefu.models.encoder import SentenceEncoder
-
-        encoder = SentenceEncoder(config["encoder"])
-        network = IntentHead(encoder.dim, len(labels), config["hidden"])
-        featurize = encoder.encode
+    if config.get("model") == "ensemble":
+        built = [
+            _build_model(member, len(labels), run_dir / f"member{n}", run_dir)
+            for n, member in enumerate(config["members"])
+        ]
+        featurize = ensemble_features([f for f, _ in built])
+        network = Ensemble([n for _, n in built])
     else:
-        from kefu.models.textcnn import TextCNN, TextCNNConfig
-        from kefu.text.tokenizer import ChatTokenizer
-
-        cnn = TextCNNConfig.model_validate(config["textcnn"])
-        network = TextCNN(cnn)
-        featurize = _token_features(ChatTokenizer.load(run_dir / "tokenizer.json"), cnn.max_length)
+        featurize, network = _build_model(config, len(labels), run_dir, run_dir)
     load_model(network, str(run_dir / "model.safetensors"))
     described = {k: v for k, v in config.items() if k not in ("kind", "labels", "threshold")}
     return IntentClassifier(featurize, network, labels, config["threshold"], described)
+
+
+def _build_model(
+    description: dict, labels: int, files: Path, run_dir: Path
+) -> tuple[Callable[[list[str]], Tensor], nn.Module]:
+    """The featurizer and an untrained network of one saved model, from its description;
+    `files` holds what it saved beside its weights (the TextCNN's tokenizer)."""
+    model = description.get("model")
+    if model == "finetune":
+        network: nn.Module = FineTunedEncoder(
+            description["encoder"], labels, description.get("head", "linear")
+        )
+        return encoder_features(description["encoder"], description["max_length"]), network
+    if model == "embed":
+        from kefu.models.encoder import SentenceEncoder
+
+        encoder = SentenceEncoder(description["encoder"])
+        return encoder.encode, IntentHead(encoder.dim, labels, description["hidden"])
+    if model == "textcnn":
+        from kefu.models.textcnn import TextCNN, TextCNNConfig
+        from kefu.text.tokenizer import ChatTokenizer
+
+        cnn = TextCNNConfig.model_validate(description["textcnn"])
+        tokenizer = ChatTokenizer.load(files / "tokenizer.json")
+        return _token_features(tokenizer, cnn.max_length), TextCNN(cnn)
+    raise KefuError(
+        f"{run_dir / 'config.json'}: model {model!r} is none of {', '.join(INTENT_MODELS)} or ensemble"
+    )
 
 
 def evaluate_intent(

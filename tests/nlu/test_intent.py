@@ -12,6 +12,7 @@ from kefu.data.ingest import ingest
 from kefu.errors import KefuError
 from kefu.nlu.intent import (
     OUT_OF_SCOPE,
+    FineTunedEncoder,
     IntentRecipe,
     calibrate_threshold,
     check_labels,
@@ -191,6 +192,29 @@ def test_finetuned_encoder_learns_and_reloads(tmp_path, write, settings):
     assert [p.top[0][0] for p in classifier.predict(texts)] == gold
     again = load_classifier(tmp_path / "run")  # LoRA adapters were merged: a plain encoder loads
     assert [p.top for p in again.predict(texts)] == [p.top for p in classifier.predict(texts)]
+    # The word-embedding table is not trained unless the recipe asks for it.
+    pretrained = FineTunedEncoder("all-MiniLM-L6-v2", 2).encoder.get_input_embeddings().weight
+    assert torch.equal(again.network.encoder.get_input_embeddings().weight, pretrained)
+
+
+def test_an_ensemble_averages_its_members_and_reloads(tmp_path, write):
+    card_or_loan(tmp_path, write)
+    textcnn = {"model": "textcnn", "train": {"max_steps": 40, "batch_size": 8, "eval_every": 20}}
+    chosen = recipe("embed", 40, batch_size=8, ensemble=[textcnn])
+    classifier, _ = train_intent(tmp_path / "data", tmp_path / "run", chosen)
+    embed, cnn = classifier.network.members
+    texts, gold = load_examples(tmp_path / "data", "test")
+    features = classifier.featurize(texts)  # sentence embeddings for one, token ids for the other
+    with torch.no_grad():
+        mean = (embed(features[0]).softmax(-1) + cnn(features[1]).softmax(-1)) / 2
+    confidence = [p.confidence for p in classifier.predict_features(features, top_k=1)]
+    assert torch.allclose(torch.tensor(confidence), mean.max(-1).values, atol=1e-6)
+    assert [p.top[0][0] for p in classifier.predict(texts)] == gold
+    # Each member trained in its own folder; the TextCNN's tokenizer is kept there.
+    assert (tmp_path / "run" / "member1" / "tokenizer.json").exists()
+    assert (tmp_path / "run" / "member0" / "metrics.jsonl").exists()
+    again = load_classifier(tmp_path / "run")
+    assert [p.top for p in again.predict(texts)] == [p.top for p in classifier.predict(texts)]
 
 
 def test_recipes_start_from_the_models_defaults(write):
@@ -203,6 +227,13 @@ def test_recipes_start_from_the_models_defaults(write):
     )
     embed = IntentRecipe(kind="intent", model="embed")
     assert (embed.train.lr, embed.train.batch_size) == (3e-3, 64)
+    # Each model of an ensemble starts from its own defaults, and is checked like the first.
+    path = write("ensemble.yaml", "kind: intent\nmodel: finetune\nensemble:\n  - model: embed\n")
+    member = load_config(path, kind="intent").ensemble[0]
+    assert (member.model, member.train.lr, member.train.batch_size) == ("embed", 3e-3, 64)
+    bad_member = write("member.yaml", "kind: intent\nensemble:\n  - model: embed\n    hiden: 0\n")
+    with pytest.raises(ConfigError, match="member.yaml:4: ensemble.0.hiden: unknown key"):
+        load_config(bad_member, kind="intent")
     bad = write("bad.yaml", "kind: intent\nmodel: bert\nlora:\n  rank: 0\n")
     with pytest.raises(ConfigError) as err:
         load_config(bad, kind="intent")
@@ -211,7 +242,7 @@ def test_recipes_start_from_the_models_defaults(write):
 
 
 def test_cosine_head_starts_as_a_nearest_centroid_classifier():
-    from kefu.nlu.intent import FineTunedEncoder, encoder_features
+    from kefu.nlu.intent import encoder_features
 
     texts = ["where is my card", "my card has not come", "I want a loan", "can I borrow money"]
     targets = [0, 0, 1, 1]
