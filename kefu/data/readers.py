@@ -130,9 +130,7 @@ class SourceFile:
         with self._open() as stream:
             return stream.read()
 
-    def text(
-        self, data: bytes, whole: str = "the file is one JSON document"
-    ) -> str | Reject:
+    def text(self, data: bytes, whole: str = "the file is one JSON document") -> str | Reject:
         """The whole file decoded, for formats that are one document (`whole` says which, in
         the reason of the Reject for an undecodable file)."""
         try:

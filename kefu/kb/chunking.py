@@ -81,9 +81,10 @@ def split_markdown(text: str) -> list[Section]:
 # Tags whose text is never shown to a reader.
 _HIDDEN = frozenset({"script", "style", "noscript", "template", "head", "svg"})
 # Tags that end a line of text, so words on either side do not run together.
-_BLOCKS = frozenset(
-    "p div br li ul ol tr td th table section article header footer nav blockquote pre hr dd dt".split()
-)
+_BLOCKS = frozenset([
+    "p", "div", "br", "hr", "li", "ul", "ol", "dd", "dt", "tr", "td", "th", "table", "pre",
+    "section", "article", "header", "footer", "nav", "blockquote",
+])  # fmt: skip
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 
 

@@ -156,7 +156,9 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
     chunks = [chunk for source in loaded for chunk in source.chunks]
     if not chunks:
         listed = "; ".join(f"{p.file}:{p.line or '-'}: {p.reason}" for p in problems[:5])
-        raise KefuError(f"no knowledge found in {', '.join(map(str, paths))}: {listed or 'no files'}")
+        raise KefuError(
+            f"no knowledge found in {', '.join(map(str, paths))}: {listed or 'no files'}"
+        )
     row_chunk = [n for n, chunk in enumerate(chunks) for _ in chunk.match_texts()]
     texts = [text for chunk in chunks for text in chunk.match_texts()]
     bm25 = BM25.build([tokens(text) for text in texts], config.bm25)

@@ -21,7 +21,14 @@ from typing import Any
 from kefu.data.normalise import normalise_text
 from kefu.data.readers import ReadOptions, SourceFile, read_faq
 from kefu.data.records import Reject
-from kefu.kb.chunking import ChunkConfig, Section, chunk_text, split_html, split_markdown, split_plain
+from kefu.kb.chunking import (
+    ChunkConfig,
+    Section,
+    chunk_text,
+    split_html,
+    split_markdown,
+    split_plain,
+)
 
 
 @dataclass
@@ -30,7 +37,7 @@ class Chunk:
 
     For an FAQ entry `title_path` is [question] and `text` is the answer; queries are matched
     against the question and each paraphrase (`match_texts`). For documents and records they are
-    matched against the title path and the text.
+    matched against the title path and the text (a record: its name, and its passage).
     """
 
     id: str
@@ -49,9 +56,15 @@ class Chunk:
         return " > ".join(self.title_path) or self.source
 
     def match_texts(self) -> list[str]:
-        """The texts a query is matched against; the chunk scores as the best of them."""
+        """The texts a query is matched against; the chunk scores as the best of them.
+
+        A record's name is a text of its own: a question that names a hotel must find that
+        hotel first, not the many records that list it among their neighbours.
+        """
         if self.kind == "faq":
             return [self.question, *self.paraphrases]
+        if self.kind == "record":
+            return [*self.title_path, self.text]
         return ["\n".join([*self.title_path, self.text])]
 
     def to_json(self) -> dict[str, Any]:
