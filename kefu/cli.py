@@ -654,7 +654,9 @@ def kb_build(
     ] = None,
     dense_language: Annotated[
         list[str] | None,
-        typer.Option(help="A language the encoder suits (default en). Repeatable."),
+        typer.Option(
+            help="en or zh: a language the encoder suits (default: en for MiniLM, both for others). Repeatable."
+        ),
     ] = None,
     dense: Annotated[
         bool, typer.Option("--dense/--no-dense", help="Embed texts for dense search (default on).")
@@ -675,7 +677,7 @@ def kb_build(
     stdout.print(
         f"{out}: {report.chunks:,} chunks from {report.sources} sources, {report.texts:,} texts to "
         f"match, {report.vectors:,} vectors ({report.embedded:,} texts of "
-        f"{report.reembedded_chunks:,} chunks embedded, the rest kept); {len(report.problems)} problems"
+        f"{report.reembedded_chunks:,} chunks embedded, the rest kept); problems: {len(report.problems)}"
     )
     for problem in report.problems[:20]:
         where = f"{problem.file}:{problem.line}" if problem.line else problem.file
@@ -687,13 +689,17 @@ def kb_build(
 def kb_search(
     kb: Annotated[Path, typer.Argument(help="A knowledge base folder from `kefu kb build`.")],
     query: Annotated[str, typer.Argument(help="The question to look up.")],
-    k: Annotated[int, typer.Option("-k", help="How many hits to show.")] = 5,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many hits to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit.")] = False,
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="Where the encoder folder it was built with is, if it moved."),
+    ] = None,
 ) -> None:
     """Search a knowledge base: ranked hits with their sources and BM25, dense and fused scores."""
     from kefu.kb.index import KnowledgeBase
 
-    hits = KnowledgeBase.load(kb).search(query, k)
+    hits = KnowledgeBase.load(kb, encoder).search(query, k)
 
     def score(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"

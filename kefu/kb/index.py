@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kefu import __version__
 from kefu.config import Language, StrictModel
+from kefu.console import progress
 from kefu.data.records import Reject
 from kefu.errors import KefuError
 from kefu.files import replaced_folder
@@ -59,13 +60,22 @@ class KBConfig(StrictModel):
     encoder: str | None = Field(
         DEFAULT_ENCODER, description="Sentence encoder (name or folder); None: BM25 only."
     )
-    dense_languages: list[Language] = Field(
-        ["en"], description="Languages the encoder suits; other texts and queries use BM25 only."
+    dense_languages: list[Language] | None = Field(
+        None,
+        description="Languages the encoder suits; other texts and queries use BM25 only. "
+        "Default: en for the packaged MiniLM (an English model), en and zh for an encoder you name.",
     )
     encoding: str = Field("utf-8", description="Text encoding of the source files.")
     chunking: ChunkConfig = Field(default_factory=ChunkConfig, description="Chunk sizes.")
     bm25: BM25Config = Field(default_factory=BM25Config, description="BM25 parameters.")
     fusion: FusionConfig = Field(default_factory=FusionConfig, description="Hybrid fusion.")
+
+    @model_validator(mode="after")
+    def _languages_of_the_encoder(self) -> KBConfig:
+        if self.dense_languages is None:
+            english_only = self.encoder == DEFAULT_ENCODER
+            self.dense_languages = ["en"] if english_only else ["en", "zh"]
+        return self
 
 
 @dataclass
@@ -142,6 +152,29 @@ def _kept_vectors(folder: Path, encoder: str) -> dict[str, np.ndarray]:
     return {_text_key(texts[row]): vector for row, vector in zip(rows, vectors, strict=True)}
 
 
+def _embed_all(encoder_name: str, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Embed `texts` in batches, with a progress bar (a large base takes minutes)."""
+    encoder = load_encoder(encoder_name)
+    parts = []
+    with progress("texts") as bar:
+        task = bar.add_task("embedding", total=len(texts))
+        for start in range(0, len(texts), batch_size):
+            parts.append(embed(encoder, texts[start : start + batch_size]))
+            bar.advance(task, len(parts[-1]))
+    return np.concatenate(parts)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a folder that is not a knowledge base: `--out docs` must never wipe
+    the documents being indexed."""
+    empty_folder = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not (out / "manifest.json").is_file() and not empty_folder:
+        raise KefuError(
+            f"{out} exists and is not a knowledge base, so it is not replaced; "
+            "give --out a new folder (e.g. kb/NAME) or an existing knowledge base"
+        )
+
+
 def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> BuildReport:
     """Index the sources under `paths` into the folder `out`, keeping the vectors of texts that
     did not change since the last build there.
@@ -152,6 +185,7 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
         config: chunking, BM25, encoder and fusion settings (stored with the index).
     """
     config = config or KBConfig()
+    _check_replaceable(out)
     loaded, problems = load_sources(paths, config.chunking, config.encoding)
     chunks = [chunk for source in loaded for chunk in source.chunks]
     if not chunks:
@@ -175,14 +209,13 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
         found = [kept.get(_text_key(texts[row])) for row in vector_rows]
         fresh = [i for i, vector in enumerate(found) if vector is None]
         if fresh:
-            encoder = load_encoder(config.encoder)
-            new = embed(encoder, [texts[vector_rows[i]] for i in fresh])
-            found = list(found)
+            new = _embed_all(config.encoder, [texts[vector_rows[i]] for i in fresh])
             for i, vector in zip(fresh, new, strict=True):
                 found[i] = vector
         if found:
             vectors = np.stack(found).astype(np.float32)
 
+    reembedded = {row_chunk[vector_rows[i]] for i in fresh}
     manifest = {
         "format": INDEX_FORMAT,
         "kefu_version": __version__,
@@ -197,6 +230,7 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
             "texts": len(texts),
             "vectors": len(vectors),
             "embedded": len(fresh),
+            "reembedded_chunks": len(reembedded),
             "problems": len(problems),
         },
     }
@@ -213,7 +247,6 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
         (staging / "manifest.json").write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
-    reembedded = {row_chunk[vector_rows[i]] for i in fresh}
     return BuildReport(
         out, len(loaded), len(chunks), len(texts), len(vectors), len(fresh), len(reembedded),
         problems,
@@ -255,8 +288,14 @@ class KnowledgeBase:
         self.chunk_starts = np.searchsorted(self.row_chunk, np.arange(len(chunks)))
 
     @classmethod
-    def load(cls, folder: str | Path) -> KnowledgeBase:
-        """Open a folder written by `build_kb` (or `kefu kb build`)."""
+    def load(cls, folder: str | Path, encoder: str | None = None) -> KnowledgeBase:
+        """Open a folder written by `build_kb` (or `kefu kb build`).
+
+        Args:
+            folder: the knowledge base folder.
+            encoder: where the encoder it was built with is on this machine, when it was built
+                with an encoder folder that is elsewhere here (the packaged MiniLM needs none).
+        """
         folder = Path(folder)
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
@@ -270,6 +309,8 @@ class KnowledgeBase:
                 f"{folder} was built by kefu {manifest.get('kefu_version')} in another layout; "
                 "rebuild it with `kefu kb build`"
             )
+        if encoder is not None:
+            manifest["config"]["encoder"] = encoder
         vectors = np.load(folder / "vectors.npy")
         return cls(
             manifest,

@@ -247,7 +247,8 @@ def find_sources(paths: list[Path]) -> Iterator[tuple[Path, str] | Reject]:
         elif path.exists():
             yield path, path.name
         else:
-            yield Reject(path.name, None, "missing", f"{path} does not exist; it is skipped")
+            # Named, not given in full: the index never holds a path of the building machine.
+            yield Reject(path.name, None, "missing", "no such file or folder; it is skipped")
 
 
 def load_source(path: Path, name: str, chunking: ChunkConfig, encoding: str) -> LoadedSource:

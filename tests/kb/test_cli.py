@@ -16,7 +16,7 @@ def test_build_then_search_in_english_and_chinese(write, tmp_path):
     built = kefu("kb", "build", str(guide), str(FAQ_ZH), str(broken), "--out", str(out))
     assert built.returncode == 0, built.stderr
     assert "82 chunks from 3 sources" in built.stdout  # 2 sections + 80 entries
-    assert "2 texts of 2 chunks embedded" in built.stdout and "1 problems" in built.stdout
+    assert "2 texts of 2 chunks embedded" in built.stdout and "problems: 1" in built.stdout
     assert "faq.csv:2: answer is empty" in built.stderr
 
     again = kefu("kb", "build", str(guide), str(FAQ_ZH), "--out", str(out))

@@ -138,3 +138,21 @@ def test_crosswoz_attractions_are_found_by_name_in_chinese(shared_data, tmp_path
     assert report.chunks == 465 and report.vectors == 0  # Chinese: BM25 only, nothing embedded
     hits = KnowledgeBase.load(tmp_path / "kb").search("故宫的门票多少钱？", k=3)
     assert hits[0].id == "attraction_db.json#故宫" and "门票: 60" in hits[0].chunk.text
+
+
+def test_dense_languages_default_to_what_the_encoder_suits():
+    assert KBConfig().dense_languages == ["en"]  # the packaged MiniLM is English only
+    assert KBConfig(encoder="models/bge-small-zh").dense_languages == ["en", "zh"]
+    assert KBConfig(encoder="models/x", dense_languages=["zh"]).dense_languages == ["zh"]
+
+
+def test_a_folder_that_is_not_a_knowledge_base_is_never_replaced(write, tmp_path):
+    doc = write("docs/cards.md", "# Cards\nFree.\n")
+    with pytest.raises(KefuError, match="is not a knowledge base, so it is not replaced"):
+        build_kb([doc], tmp_path / "docs")
+    assert doc.read_text() == "# Cards\nFree.\n"
+
+
+def test_the_encoder_folder_can_be_given_again_where_the_base_is_loaded(acme):
+    kb = KnowledgeBase.load(acme[0], encoder="/opt/models/minilm")
+    assert kb.config.encoder == "/opt/models/minilm"
