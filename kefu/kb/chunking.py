@@ -44,7 +44,9 @@ class Section:
 
 
 _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
+_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")  # a "Setext" heading: its title is the line above
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.DOTALL)  # YAML metadata, not content
 
 
 def _nest(path: list[tuple[int, str]], level: int, title: str) -> list[tuple[int, str]]:
@@ -53,25 +55,37 @@ def _nest(path: list[tuple[int, str]], level: int, title: str) -> list[tuple[int
 
 
 def split_markdown(text: str) -> list[Section]:
-    """Sections of a Markdown document at its ATX headings (`#` … `######`), fences respected."""
+    """Sections of a Markdown document at its headings (`# Title` and underlined titles);
+    code fences and YAML front matter are respected."""
     sections: list[Section] = []
     path: list[tuple[int, str]] = []
     lines: list[str] = []
-    start, in_fence = 1, False
+    front = _FRONT_MATTER.match(text)
+    skipped = front.group().count("\n") if front else 0
+    start, in_fence = skipped + 1, False
 
     def close() -> None:
         body = normalise_text("\n".join(lines))
         if body:
             sections.append(Section([t for _, t in path], body, start))
 
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text[front.end() if front else 0 :].splitlines(), skipped + 1):
         if _FENCE.match(line):
             in_fence = not in_fence
         heading = None if in_fence else _HEADING.match(line)
+        underline = (
+            None if in_fence or not lines or not lines[-1].strip() else _UNDERLINE.match(line)
+        )
         if heading:
             close()
             path = _nest(path, len(heading.group(1)), normalise_text(heading.group(2)))
             lines, start = [], number
+        elif underline:
+            title = lines.pop()
+            close()
+            level = 1 if underline.group(1)[0] == "=" else 2
+            path = _nest(path, level, normalise_text(title))
+            lines, start = [], number - 1
         else:
             lines.append(line)
     close()

@@ -39,6 +39,17 @@ def test_markdown_splits_at_headings_and_keeps_the_heading_chain():
     ]
 
 
+def test_underlined_titles_are_headings_and_front_matter_is_not_content():
+    text = (
+        "---\ntitle: Help\n---\nIntro.\n\nCards\n=====\nFree.\n\nLost card\n---------\nFreeze it.\n"
+    )
+    assert split_markdown(text) == [
+        Section([], "Intro.", 4),
+        Section(["Cards"], "Free.", 6),
+        Section(["Cards", "Lost card"], "Freeze it.", 10),
+    ]
+
+
 HTML = """<html><head><title>Help</title><style>h1 { color: red }</style></head>
 <body><nav>Home</nav>
 <h1>Cards</h1><p>Cards are <b>free</b>.</p>
