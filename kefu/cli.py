@@ -664,12 +664,31 @@ def kb_build(
     encoding: Annotated[
         str | None, typer.Option(help="Text encoding of the sources (default utf-8).")
     ] = None,
+    max_words: Annotated[
+        int | None, typer.Option(help="Longest English chunk in words (default 200).")
+    ] = None,
+    overlap_words: Annotated[
+        int | None, typer.Option(help="Words neighbouring chunks share (default 40).")
+    ] = None,
+    max_chars: Annotated[
+        int | None, typer.Option(help="Longest Chinese chunk in characters (default 300).")
+    ] = None,
+    overlap_chars: Annotated[
+        int | None, typer.Option(help="Characters neighbouring chunks share (default 60).")
+    ] = None,
 ) -> None:
     """Build or update a knowledge base; only texts that changed are embedded again."""
     from kefu.kb.index import KBConfig, build_kb
 
     fields: dict[str, Any] = {}
-    _merge(fields, {"encoder": encoder, "dense_languages": dense_language, "encoding": encoding})
+    chunking = {
+        "max_words": max_words,
+        "overlap_words": overlap_words,
+        "max_chars": max_chars,
+        "overlap_chars": overlap_chars,
+    }
+    options = {"encoder": encoder, "dense_languages": dense_language, "encoding": encoding}
+    _merge(fields, {**options, "chunking": chunking})
     if not dense:
         fields["encoder"] = None
     config = validate(KBConfig, fields, "the kb build options", "knowledge base config")

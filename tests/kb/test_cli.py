@@ -38,3 +38,11 @@ def test_search_of_a_folder_that_is_no_knowledge_base_explains(tmp_path):
     result = kefu("kb", "search", str(tmp_path), "hello")
     assert result.returncode == 1 and "is not a knowledge base" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_chunk_size_is_explained(tmp_path):
+    result = kefu(
+        "kb", "build", str(FAQ_ZH), "--out", str(tmp_path / "kb"),
+        "--max-words", "10", "--overlap-words", "10",
+    )  # fmt: skip
+    assert result.returncode == 1 and "overlap must be shorter than its chunk" in result.stderr
