@@ -333,12 +333,13 @@ class KnowledgeBase:
         top = top[np.argsort(-scores[top], kind="stable")]
         return {int(n): float(scores[n]) for n in top}
 
-    def _dense_ranking(self, query: str, candidates: int) -> dict[int, float]:
+    def _dense_ranking(
+        self, vectors: VectorSearch, query: str, candidates: int
+    ) -> dict[int, float]:
         """The best `candidates` chunks by cosine similarity → score, best first."""
-        assert self.vectors is not None
         encoder = load_encoder(self.config.encoder)
         # A chunk may own several texts, so ask for more texts than chunks are wanted.
-        found, scores = self.vectors.search(embed(encoder, [query])[0], 4 * candidates)
+        found, scores = vectors.search(embed(encoder, [query])[0], 4 * candidates)
         ranking: dict[int, float] = {}
         for index, score in zip(found, scores, strict=True):
             chunk = int(self.row_chunk[self.vector_rows[index]])
@@ -357,7 +358,9 @@ class KnowledgeBase:
         """
         fusion = fusion or self.config.fusion
         bm25 = self._bm25_ranking(query, fusion.candidates)
-        dense = self._dense_ranking(query, fusion.candidates) if self.uses_dense(query) else {}
+        dense = {}
+        if self.vectors is not None and self.uses_dense(query):
+            dense = self._dense_ranking(self.vectors, query, fusion.candidates)
         fused: dict[int, float] = {}
         for ranking, weight in ((bm25, fusion.bm25_weight), (dense, fusion.dense_weight)):
             for rank, chunk in enumerate(ranking, start=1):
