@@ -640,6 +640,110 @@ def nlu_command(
             stdout.print("tagged intents: " + ", ".join(f"{n} {p:.3f}" for n, p in intents.items()))
 
 
+def kb_build(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="FAQ (.csv/.jsonl), .md, .html, .txt, .json files or folders."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Knowledge base folder, e.g. kb/NAME (updated).")
+    ] = ...,
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="Sentence encoder: all-MiniLM-L6-v2 (default) or a model folder."),
+    ] = None,
+    dense_language: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="en or zh: a language the encoder suits (default: en for MiniLM, both for others). Repeatable."
+        ),
+    ] = None,
+    dense: Annotated[
+        bool, typer.Option("--dense/--no-dense", help="Embed texts for dense search (default on).")
+    ] = True,
+    encoding: Annotated[
+        str | None, typer.Option(help="Text encoding of the sources (default utf-8).")
+    ] = None,
+    max_words: Annotated[
+        int | None, typer.Option(help="Longest English chunk in words (default 200).")
+    ] = None,
+    overlap_words: Annotated[
+        int | None, typer.Option(help="Words neighbouring chunks share (default 40).")
+    ] = None,
+    max_chars: Annotated[
+        int | None, typer.Option(help="Longest Chinese chunk in characters (default 300).")
+    ] = None,
+    overlap_chars: Annotated[
+        int | None, typer.Option(help="Characters neighbouring chunks share (default 60).")
+    ] = None,
+) -> None:
+    """Build or update a knowledge base; only texts that changed are embedded again."""
+    from kefu.kb.index import KBConfig, build_kb
+
+    fields: dict[str, Any] = {}
+    chunking = {
+        "max_words": max_words,
+        "overlap_words": overlap_words,
+        "max_chars": max_chars,
+        "overlap_chars": overlap_chars,
+    }
+    options = {"encoder": encoder, "dense_languages": dense_language, "encoding": encoding}
+    _merge(fields, {**options, "chunking": chunking})
+    if not dense:
+        fields["encoder"] = None
+    config = validate(KBConfig, fields, "the kb build options", "knowledge base config")
+    report = build_kb(sources, out, config)
+    stdout.print(
+        f"{out}: {report.chunks:,} chunks from {report.sources} sources, {report.texts:,} texts to "
+        f"match, {report.vectors:,} vectors ({report.embedded:,} texts of "
+        f"{report.reembedded_chunks:,} chunks embedded, the rest kept); problems: {len(report.problems)}"
+    )
+    for problem in report.problems[:20]:
+        where = f"{problem.file}:{problem.line}" if problem.line else problem.file
+        note(f"[yellow]{where}[/]: {problem.reason}")
+    if len(report.problems) > 20:
+        note(f"… and {len(report.problems) - 20} more: see {out / 'problems.jsonl'}")
+
+
+def kb_search(
+    kb: Annotated[Path, typer.Argument(help="A knowledge base folder from `kefu kb build`.")],
+    query: Annotated[str, typer.Argument(help="The question to look up.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="How many hits to show.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit.")] = False,
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="Where the encoder folder it was built with is, if it moved."),
+    ] = None,
+) -> None:
+    """Search a knowledge base: ranked hits with their sources and BM25, dense and fused scores."""
+    from kefu.kb.index import KnowledgeBase
+
+    hits = KnowledgeBase.load(kb, encoder).search(query, k)
+
+    def score(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    if as_json:
+        for hit in hits:
+            fields = {"rank": hit.rank, "id": hit.id, "source": hit.source, "title": hit.title}
+            scores = {"fused": hit.fused, "bm25": hit.bm25, "dense": hit.dense}
+            row = {**fields, "url": hit.url, "snippet": hit.snippet(), **scores}
+            stdout.print(json.dumps(row, ensure_ascii=False), highlight=False)
+        return
+    table = Table(title=f"{kb}: {query}", title_justify="left")
+    for heading in ("#", "fused", "bm25", "dense", "id", "source", "title", "snippet"):
+        table.add_column(heading, justify="right" if heading in "# fused bm25 dense" else "left")
+    for hit in hits:
+        where = hit.source + (f" {hit.url}" if hit.url else "")
+        table.add_row(
+            str(hit.rank), f"{hit.fused:.4f}", score(hit.bm25), score(hit.dense), hit.id, where,
+            hit.title, hit.snippet(),
+        )  # fmt: skip
+    stdout.print(table)
+    if not hits:
+        note("no hits: none of the query's words are in the knowledge base")
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "init": init_command,
     "build": build_command,
@@ -658,6 +762,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "train entities": train_entities,
     "eval entities": eval_entities,
     "nlu": nlu_command,
+    "kb build": kb_build,
+    "kb search": kb_search,
 }
 GROUPS = {
     "config": "Validate project files and recipes.",
@@ -666,6 +772,7 @@ GROUPS = {
     "train": "Train language models and intent classifiers.",
     "export": "Export trained models to other formats.",
     "eval": "Evaluate trained models on held-out data.",
+    "kb": "Build and search knowledge bases (FAQ, documents, record databases).",
 }
 
 

@@ -130,15 +130,16 @@ class SourceFile:
         with self._open() as stream:
             return stream.read()
 
-    def text(self, data: bytes) -> str | Reject:
-        """The whole file decoded, for formats that are one JSON document."""
+    def text(self, data: bytes, whole: str = "the file is one JSON document") -> str | Reject:
+        """The whole file decoded, for formats that are one document (`whole` says which, in
+        the reason of the Reject for an undecodable file)."""
         try:
             return data.decode(self.encoding).removeprefix("\ufeff")
         except UnicodeDecodeError as err:
             line = data[: err.start].count(b"\n") + 1
             bad = data.split(b"\n")[line - 1]
             reject = self._decode_reject(line, bad, err)
-            reject.reason += "; the file is one JSON document, so all of it is skipped"
+            reject.reason += f"; {whole}, so all of it is skipped"
             return reject
 
     def _decode_reject(self, line: int, raw: bytes, err: UnicodeDecodeError) -> Reject:

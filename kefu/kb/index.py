@@ -1,0 +1,372 @@
+"""A knowledge base folder: build it from sources, update it incrementally, load it, search it.
+
+    kb/NAME/
+      manifest.json    sources with content hashes, counts, encoder, build time, kefu version
+      chunks.jsonl     one chunk a line: id, source, title path, text, url, FAQ fields
+      bm25.npz         the BM25 weight matrix and its vocabulary
+      vectors.npy      (M, dim) float32 unit vectors of the texts the encoder suits
+      vector_rows.npy  (M,) which match text each vector belongs to
+      problems.jsonl   the sources' problems: file, line, reason
+
+Queries are matched against *texts*, not chunks: an FAQ entry has one text per question and
+paraphrase, a document chunk one. A chunk scores as its best text. Every path inside is relative,
+so the folder can be copied to another machine.
+
+Hybrid search is weighted reciprocal-rank fusion, Σ weight / (k + rank), over the BM25 and dense
+rankings: ranks, unlike raw scores, are comparable across the two. The dense side only runs where
+the encoder suits the query's language (MiniLM is English), else BM25 ranks alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from kefu import __version__
+from kefu.config import Language, StrictModel
+from kefu.console import progress
+from kefu.data.records import Reject
+from kefu.errors import KefuError
+from kefu.files import replaced_folder
+from kefu.kb.bm25 import BM25, BM25Config
+from kefu.kb.chunking import ChunkConfig
+from kefu.kb.dense import ExactSearch, VectorSearch, embed, load_encoder
+from kefu.kb.sources import Chunk, LoadedSource, load_sources
+from kefu.kb.text import language, tokens
+from kefu.models.encoder import DEFAULT_ENCODER
+
+INDEX_FORMAT = 1  # bumped when the folder's layout changes
+
+
+class FusionConfig(StrictModel):
+    """How the BM25 and dense rankings are merged."""
+
+    k: int = Field(60, ge=1, description="Reciprocal-rank constant: larger flattens the ranks.")
+    bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking.")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking.")
+    candidates: int = Field(100, ge=1, description="Chunks each ranking contributes.")
+
+
+class KBConfig(StrictModel):
+    """How a knowledge base is built and searched."""
+
+    encoder: str | None = Field(
+        DEFAULT_ENCODER, description="Sentence encoder (name or folder); None: BM25 only."
+    )
+    dense_languages: list[Language] | None = Field(
+        None,
+        description="Languages the encoder suits; other texts and queries use BM25 only. "
+        "Default: en for the packaged MiniLM (an English model), en and zh for an encoder you name.",
+    )
+    encoding: str = Field("utf-8", description="Text encoding of the source files.")
+    chunking: ChunkConfig = Field(default_factory=ChunkConfig, description="Chunk sizes.")
+    bm25: BM25Config = Field(default_factory=BM25Config, description="BM25 parameters.")
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="Hybrid fusion.")
+
+    @model_validator(mode="after")
+    def _languages_of_the_encoder(self) -> KBConfig:
+        if self.dense_languages is None:
+            english_only = self.encoder == DEFAULT_ENCODER
+            self.dense_languages = ["en"] if english_only else ["en", "zh"]
+        return self
+
+
+@dataclass
+class Hit:
+    """One search result: the chunk, its rank and its scores (None: that side did not rank it)."""
+
+    rank: int
+    chunk: Chunk
+    fused: float
+    bm25: float | None
+    dense: float | None
+
+    @property
+    def id(self) -> str:
+        return self.chunk.id
+
+    @property
+    def source(self) -> str:
+        return self.chunk.source
+
+    @property
+    def title(self) -> str:
+        return self.chunk.title
+
+    @property
+    def url(self) -> str:
+        return self.chunk.url
+
+    def snippet(self, length: int = 160) -> str:
+        text = " ".join(self.chunk.text.split())
+        return text if len(text) <= length else text[: length - 1] + "…"
+
+
+@dataclass
+class BuildReport:
+    """What a build did: counts, and how many texts the encoder had to embed afresh."""
+
+    folder: Path
+    sources: int
+    chunks: int
+    texts: int
+    vectors: int
+    embedded: int  # texts embedded this time; the other vectors were kept from the last build
+    reembedded_chunks: int  # chunks with at least one text embedded this time
+    problems: list[Reject] = field(default_factory=list)
+
+
+def _text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _suits(text: str, languages: list[str]) -> bool:
+    """Whether the encoder suits a text: its language is one of `languages` or unknown."""
+    found = language(text)
+    return found == "und" or found in languages
+
+
+def _read_chunks(path: Path) -> list[Chunk]:
+    with open(path, encoding="utf-8") as file:
+        return [Chunk.from_json(json.loads(line)) for line in file if line.strip()]
+
+
+def _kept_vectors(folder: Path, encoder: str) -> dict[str, np.ndarray]:
+    """The vectors of the last build in `folder` by text hash, if it used the same encoder."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("encoder") != encoder or manifest.get("format") != INDEX_FORMAT:
+            return {}
+        texts = [t for chunk in _read_chunks(folder / "chunks.jsonl") for t in chunk.match_texts()]
+        vectors = np.load(folder / "vectors.npy")
+        rows = np.load(folder / "vector_rows.npy")
+    except (OSError, ValueError, KeyError, TypeError):  # no usable last build: embed everything
+        return {}
+    return {_text_key(texts[row]): vector for row, vector in zip(rows, vectors, strict=True)}
+
+
+def _embed_all(encoder_name: str, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Embed `texts` in batches, with a progress bar (a large base takes minutes)."""
+    encoder = load_encoder(encoder_name)
+    parts = []
+    with progress("texts") as bar:
+        task = bar.add_task("embedding", total=len(texts))
+        for start in range(0, len(texts), batch_size):
+            parts.append(embed(encoder, texts[start : start + batch_size]))
+            bar.advance(task, len(parts[-1]))
+    return np.concatenate(parts)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a folder that is not a knowledge base: `--out docs` must never wipe
+    the documents being indexed."""
+    empty_folder = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not (out / "manifest.json").is_file() and not empty_folder:
+        raise KefuError(
+            f"{out} exists and is not a knowledge base, so it is not replaced; "
+            "give --out a new folder (e.g. kb/NAME) or an existing knowledge base"
+        )
+
+
+def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> BuildReport:
+    """Index the sources under `paths` into the folder `out`, keeping the vectors of texts that
+    did not change since the last build there.
+
+    Args:
+        paths: files and folders (searched for known file endings) to index.
+        out: the knowledge base folder; replaced whole once the new one is complete.
+        config: chunking, BM25, encoder and fusion settings (stored with the index).
+    """
+    config = config or KBConfig()
+    _check_replaceable(out)
+    loaded, problems = load_sources(paths, config.chunking, config.encoding)
+    chunks = [chunk for source in loaded for chunk in source.chunks]
+    if not chunks:
+        listed = "; ".join(f"{p.file}:{p.line or '-'}: {p.reason}" for p in problems[:5])
+        raise KefuError(
+            f"no knowledge found in {', '.join(map(str, paths))}: {listed or 'no files'}"
+        )
+    row_chunk = [n for n, chunk in enumerate(chunks) for _ in chunk.match_texts()]
+    texts = [text for chunk in chunks for text in chunk.match_texts()]
+    bm25 = BM25.build([tokens(text) for text in texts], config.bm25)
+
+    vector_rows = np.zeros(0, dtype=np.int64)
+    vectors = np.zeros((0, 0), dtype=np.float32)
+    fresh: list[int] = []
+    if config.encoder is not None:
+        vector_rows = np.array(
+            [r for r, text in enumerate(texts) if _suits(text, config.dense_languages)],
+            dtype=np.int64,
+        )
+        kept = _kept_vectors(out, config.encoder)
+        found = [kept.get(_text_key(texts[row])) for row in vector_rows]
+        fresh = [i for i, vector in enumerate(found) if vector is None]
+        if fresh:
+            new = _embed_all(config.encoder, [texts[vector_rows[i]] for i in fresh])
+            for i, vector in zip(fresh, new, strict=True):
+                found[i] = vector
+        if found:
+            vectors = np.stack(found).astype(np.float32)
+
+    reembedded = {row_chunk[vector_rows[i]] for i in fresh}
+    manifest = {
+        "format": INDEX_FORMAT,
+        "kefu_version": __version__,
+        "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "encoder": config.encoder,
+        "embedding_dim": int(vectors.shape[1]) if len(vectors) else None,
+        "config": config.model_dump(),
+        "sources": [_source_entry(source) for source in loaded],
+        "counts": {
+            "sources": len(loaded),
+            "chunks": len(chunks),
+            "texts": len(texts),
+            "vectors": len(vectors),
+            "embedded": len(fresh),
+            "reembedded_chunks": len(reembedded),
+            "problems": len(problems),
+        },
+    }
+    with replaced_folder(out) as staging:
+        with open(staging / "chunks.jsonl", "w", encoding="utf-8") as file:
+            for chunk in chunks:
+                file.write(json.dumps(chunk.to_json(), ensure_ascii=False) + "\n")
+        bm25.save(staging / "bm25.npz")
+        np.save(staging / "vectors.npy", vectors)
+        np.save(staging / "vector_rows.npy", vector_rows)
+        with open(staging / "problems.jsonl", "w", encoding="utf-8") as file:
+            for problem in problems:
+                file.write(json.dumps(problem.to_json(), ensure_ascii=False) + "\n")
+        (staging / "manifest.json").write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+    return BuildReport(
+        out, len(loaded), len(chunks), len(texts), len(vectors), len(fresh), len(reembedded),
+        problems,
+    )  # fmt: skip
+
+
+def _source_entry(source: LoadedSource) -> dict[str, Any]:
+    return {
+        "source": source.name,
+        "format": source.format,
+        "sha256": source.sha256,
+        "bytes": source.bytes,
+        "chunks": len(source.chunks),
+        "problems": len(source.problems),
+    }
+
+
+class KnowledgeBase:
+    """A built knowledge base, ready to search."""
+
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        chunks: list[Chunk],
+        bm25: BM25,
+        vectors: VectorSearch | None,
+        vector_rows: np.ndarray,
+    ) -> None:
+        self.manifest = manifest
+        self.config = KBConfig.model_validate(manifest["config"])
+        self.chunks = chunks
+        self.bm25 = bm25
+        self.vectors = vectors
+        self.vector_rows = vector_rows
+        self.row_chunk = np.array(
+            [n for n, chunk in enumerate(chunks) for _ in chunk.match_texts()], dtype=np.int64
+        )
+        # A chunk's texts are consecutive rows, so per-chunk maxima are one reduceat.
+        self.chunk_starts = np.searchsorted(self.row_chunk, np.arange(len(chunks)))
+
+    @classmethod
+    def load(cls, folder: str | Path, encoder: str | None = None) -> KnowledgeBase:
+        """Open a folder written by `build_kb` (or `kefu kb build`).
+
+        Args:
+            folder: the knowledge base folder.
+            encoder: where the encoder it was built with is on this machine, when it was built
+                with an encoder folder that is elsewhere here (the packaged MiniLM needs none).
+        """
+        folder = Path(folder)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise KefuError(
+                f"{folder} is not a knowledge base (no manifest.json); build one with "
+                f"`kefu kb build SOURCES... --out {folder}`"
+            )
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format") != INDEX_FORMAT:
+            raise KefuError(
+                f"{folder} was built by kefu {manifest.get('kefu_version')} in another layout; "
+                "rebuild it with `kefu kb build`"
+            )
+        if encoder is not None:
+            manifest["config"]["encoder"] = encoder
+        vectors = np.load(folder / "vectors.npy")
+        return cls(
+            manifest,
+            _read_chunks(folder / "chunks.jsonl"),
+            BM25.load(folder / "bm25.npz"),
+            ExactSearch(vectors) if len(vectors) else None,
+            np.load(folder / "vector_rows.npy"),
+        )
+
+    def uses_dense(self, query: str) -> bool:
+        """Whether the dense side runs for `query`: there are vectors and the encoder suits it."""
+        return self.vectors is not None and _suits(query, self.config.dense_languages)
+
+    def _bm25_ranking(self, query: str, candidates: int) -> dict[int, float]:
+        """The best `candidates` chunks by BM25 (score > 0) → score, best first."""
+        scores = np.maximum.reduceat(self.bm25.scores(tokens(query)), self.chunk_starts)
+        top = np.flatnonzero(scores > 0)
+        if len(top) > candidates:
+            top = top[np.argpartition(-scores[top], candidates - 1)[:candidates]]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return {int(n): float(scores[n]) for n in top}
+
+    def _dense_ranking(
+        self, vectors: VectorSearch, query: str, candidates: int
+    ) -> dict[int, float]:
+        """The best `candidates` chunks by cosine similarity → score, best first."""
+        encoder = load_encoder(self.config.encoder)
+        # A chunk may own several texts, so ask for more texts than chunks are wanted.
+        found, scores = vectors.search(embed(encoder, [query])[0], 4 * candidates)
+        ranking: dict[int, float] = {}
+        for index, score in zip(found, scores, strict=True):
+            chunk = int(self.row_chunk[self.vector_rows[index]])
+            ranking.setdefault(chunk, float(score))  # the first seen is the chunk's best
+            if len(ranking) == candidates:
+                break
+        return ranking
+
+    def search(self, query: str, k: int = 5, fusion: FusionConfig | None = None) -> list[Hit]:
+        """The `k` chunks that best answer `query`, best first.
+
+        Args:
+            query: the customer's question, in any language.
+            k: how many hits to return.
+            fusion: weights and constant of the rank fusion (default: the knowledge base's own).
+        """
+        fusion = fusion or self.config.fusion
+        bm25 = self._bm25_ranking(query, fusion.candidates)
+        dense = {}
+        if self.vectors is not None and self.uses_dense(query):
+            dense = self._dense_ranking(self.vectors, query, fusion.candidates)
+        fused: dict[int, float] = {}
+        for ranking, weight in ((bm25, fusion.bm25_weight), (dense, fusion.dense_weight)):
+            for rank, chunk in enumerate(ranking, start=1):
+                fused[chunk] = fused.get(chunk, 0.0) + weight / (fusion.k + rank)
+        best = sorted(fused, key=lambda n: (-fused[n], -bm25.get(n, 0.0)))[:k]
+        return [
+            Hit(rank, self.chunks[n], fused[n], bm25.get(n), dense.get(n))
+            for rank, n in enumerate(best, start=1)
+        ]
