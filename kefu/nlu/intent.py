@@ -243,8 +243,8 @@ class IntentModelRecipe(StrictModel):
     )
     train_word_embeddings: bool = Field(
         False,
-        description="finetune: also train the 30k-word embedding table (a third slower; the "
-        "words of a few thousand queries barely move it).",
+        description="finetune: also train the 30k-word embedding table (slower; the words of "
+        "a few thousand queries barely move it).",
     )
     train: TrainConfig = Field(description="Optimizer, schedule, evaluation.")
 
@@ -306,8 +306,8 @@ DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
         "eval_every": 280,
         "eval_batches": 16,
         "weight_decay": 0.01,
-        # fp32: bf16 autocast is slower on CPUs without AMX (0.43 against 0.30 s a step on one
-        # with AVX-512 bf16 only); on AMX CPUs and GPUs, set `precision: bf16`.
+        # fp32: bf16 autocast is slower on CPUs without AMX (0.29 against 0.19 s a step on one
+        # with AVX-512 bf16 only, bench/finetune_step.py); on AMX CPUs and GPUs, set bf16.
     },
 }
 
@@ -601,29 +601,35 @@ def load_classifier(run_dir: str | Path) -> IntentClassifier:
 
     run_dir = Path(run_dir)
     config = read_described(run_dir, "intent", "kefu train intent")
+    ensemble = config.get("model") == "ensemble"
+    for member in config["members"] if ensemble else [config]:
+        if member.get("model") not in INTENT_MODELS:
+            raise KefuError(
+                f"{run_dir / 'config.json'}: model {member.get('model')!r} is none of {', '.join(INTENT_MODELS)} or ensemble"
+            )
     labels = config["labels"]
     featurize: Callable[[list[str]], Any]
     network: nn.Module
-    if config.get("model") == "ensemble":
+    if ensemble:
         built = [
-            _build_model(member, len(labels), run_dir / f"member{n}", run_dir)
+            _build_model(member, len(labels), run_dir / f"member{n}")
             for n, member in enumerate(config["members"])
         ]
         featurize = ensemble_features([f for f, _ in built])
         network = Ensemble([n for _, n in built])
     else:
-        featurize, network = _build_model(config, len(labels), run_dir, run_dir)
+        featurize, network = _build_model(config, len(labels), run_dir)
     load_model(network, str(run_dir / "model.safetensors"))
     described = {k: v for k, v in config.items() if k not in ("kind", "labels", "threshold")}
     return IntentClassifier(featurize, network, labels, config["threshold"], described)
 
 
 def _build_model(
-    description: dict, labels: int, files: Path, run_dir: Path
+    description: dict, labels: int, files: Path
 ) -> tuple[Callable[[list[str]], Tensor], nn.Module]:
     """The featurizer and an untrained network of one saved model, from its description;
     `files` holds what it saved beside its weights (the TextCNN's tokenizer)."""
-    model = description.get("model")
+    model = description["model"]
     if model == "finetune":
         network: nn.Module = FineTunedEncoder(
             description["encoder"], labels, description.get("head", "linear")
@@ -634,16 +640,12 @@ def _build_model(
 
         encoder = SentenceEncoder(description["encoder"])
         return encoder.encode, IntentHead(encoder.dim, labels, description["hidden"])
-    if model == "textcnn":
-        from kefu.models.textcnn import TextCNN, TextCNNConfig
-        from kefu.text.tokenizer import ChatTokenizer
+    from kefu.models.textcnn import TextCNN, TextCNNConfig
+    from kefu.text.tokenizer import ChatTokenizer
 
-        cnn = TextCNNConfig.model_validate(description["textcnn"])
-        tokenizer = ChatTokenizer.load(files / "tokenizer.json")
-        return _token_features(tokenizer, cnn.max_length), TextCNN(cnn)
-    raise KefuError(
-        f"{run_dir / 'config.json'}: model {model!r} is none of {', '.join(INTENT_MODELS)} or ensemble"
-    )
+    cnn = TextCNNConfig.model_validate(description["textcnn"])
+    tokenizer = ChatTokenizer.load(files / "tokenizer.json")
+    return _token_features(tokenizer, cnn.max_length), TextCNN(cnn)
 
 
 def evaluate_intent(
