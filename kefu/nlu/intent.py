@@ -312,19 +312,25 @@ DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass
+class Examples:
+    """Training and validation texts with their label ids, and how many labels there are."""
+
+    texts: list[str]
+    targets: list[int]
+    valid_texts: list[str]
+    valid_targets: list[int]
+    labels: int
+
+
 def _embed_model(
-    texts: list[str],
-    targets: list[int],
-    labels: int,
-    run_dir: Path,
-    recipe: IntentModelRecipe,
-    encoder: Any,
+    examples: Examples, run_dir: Path, recipe: IntentModelRecipe, encoder: Any
 ) -> tuple[Callable, nn.Module, dict]:
     """MiniLM sentence embeddings (frozen) under a linear or MLP head."""
     from kefu.models.encoder import SentenceEncoder
 
     encoder = encoder or SentenceEncoder(recipe.encoder)
-    network = IntentHead(encoder.dim, labels, recipe.hidden)
+    network = IntentHead(encoder.dim, examples.labels, recipe.hidden)
     return (
         encoder.encode,
         network,
@@ -333,12 +339,7 @@ def _embed_model(
 
 
 def _textcnn_model(
-    texts: list[str],
-    targets: list[int],
-    labels: int,
-    run_dir: Path,
-    recipe: IntentModelRecipe,
-    encoder: Any,
+    examples: Examples, run_dir: Path, recipe: IntentModelRecipe, encoder: Any
 ) -> tuple[Callable, nn.Module, dict]:
     """A TextCNN over a byte-level BPE tokenizer learnt from the training texts (saved with it)."""
     from kefu.models.textcnn import TextCNN, TextCNNConfig
@@ -346,10 +347,12 @@ def _textcnn_model(
 
     # Few merges: with a large vocabulary, BPE learns whole short utterances (a Chinese
     # sentence has no spaces to stop it) and nothing generalises. About one token per 4 texts.
-    vocab_size = recipe.vocab_size or min(8000, max(300, len(texts) // 4))
-    tokenizer = train_tokenizer(texts, vocab_size, min_frequency=1)
+    vocab_size = recipe.vocab_size or min(8000, max(300, len(examples.texts) // 4))
+    tokenizer = train_tokenizer(examples.texts, vocab_size, min_frequency=1)
     tokenizer.save(run_dir / "tokenizer.json")
-    config = TextCNNConfig(vocab_size=tokenizer.vocab_size, labels=labels, pad_id=tokenizer.pad_id)
+    config = TextCNNConfig(
+        vocab_size=tokenizer.vocab_size, labels=examples.labels, pad_id=tokenizer.pad_id
+    )
     return (
         _token_features(tokenizer, config.max_length),
         TextCNN(config),
@@ -446,20 +449,18 @@ def encoder_features(name_or_path: str, max_length: int) -> Callable[[list[str]]
 
 
 def _finetune_model(
-    texts: list[str],
-    targets: list[int],
-    labels: int,
-    run_dir: Path,
-    recipe: IntentModelRecipe,
-    encoder: Any,
+    examples: Examples, run_dir: Path, recipe: IntentModelRecipe, encoder: Any
 ) -> tuple[Callable, nn.Module, dict]:
     """MiniLM (or another sentence encoder) fine-tuned end to end, or through LoRA adapters."""
     network = FineTunedEncoder(
-        recipe.encoder, labels, recipe.head, train_word_embeddings=recipe.train_word_embeddings
+        recipe.encoder,
+        examples.labels,
+        recipe.head,
+        train_word_embeddings=recipe.train_word_embeddings,
     )
     featurize = encoder_features(recipe.encoder, recipe.max_length)
     if recipe.head == "cosine":
-        network.start_at_centroids(featurize(texts), targets)
+        network.start_at_centroids(featurize(examples.texts), examples.targets)
     if recipe.lora:
         from kefu.models.lora import add_lora
 
@@ -551,17 +552,6 @@ def train_intent(
     }
 
 
-@dataclass
-class Examples:
-    """Training and validation texts with their label ids."""
-
-    texts: list[str]
-    targets: list[int]
-    valid_texts: list[str]
-    valid_targets: list[int]
-    labels: int
-
-
 def _train_model(
     examples: Examples, run_dir: Path, recipe: IntentModelRecipe, encoder: Any
 ) -> tuple[Callable[[list[str]], Tensor], nn.Module, dict]:
@@ -572,7 +562,7 @@ def _train_model(
     config = recipe.train
     torch.manual_seed(config.seed)
     featurize, network, description = INTENT_MODELS[recipe.model](
-        examples.texts, examples.targets, examples.labels, run_dir, recipe, encoder
+        examples, run_dir, recipe, encoder
     )
     features = featurize(examples.texts)
     # A fine-tuned encoder reads ids and masks: batching texts of similar length saves padding.
