@@ -123,6 +123,11 @@ class BuildReport:
     problems: list[Reject] = field(default_factory=list)
 
 
+def _chunk_of_each_text(chunks: list[Chunk]) -> list[int]:
+    """For each match text, in order, the index of the chunk it belongs to."""
+    return [n for n, chunk in enumerate(chunks) for _ in chunk.match_texts()]
+
+
 def _text_key(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
@@ -193,7 +198,7 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
         raise KefuError(
             f"no knowledge found in {', '.join(map(str, paths))}: {listed or 'no files'}"
         )
-    row_chunk = [n for n, chunk in enumerate(chunks) for _ in chunk.match_texts()]
+    row_chunk = _chunk_of_each_text(chunks)
     texts = [text for chunk in chunks for text in chunk.match_texts()]
     bm25 = BM25.build([tokens(text) for text in texts], config.bm25)
 
@@ -281,9 +286,7 @@ class KnowledgeBase:
         self.bm25 = bm25
         self.vectors = vectors
         self.vector_rows = vector_rows
-        self.row_chunk = np.array(
-            [n for n, chunk in enumerate(chunks) for _ in chunk.match_texts()], dtype=np.int64
-        )
+        self.row_chunk = np.array(_chunk_of_each_text(chunks), dtype=np.int64)
         # A chunk's texts are consecutive rows, so per-chunk maxima are one reduceat.
         self.chunk_starts = np.searchsorted(self.row_chunk, np.arange(len(chunks)))
 

@@ -530,15 +530,18 @@ def train_intent(
         )
         for n, model in enumerate(models)
     ]
+    valid_features: Tensor | list[Tensor] | None
     if len(trained) == 1:
-        featurize, network, description = trained[0]
+        featurize, network = trained[0].featurize, trained[0].network
+        description, valid_features = trained[0].description, trained[0].valid_features
     else:
-        featurize = ensemble_features([f for f, _, _ in trained])
-        network = Ensemble([n for _, n, _ in trained])
-        description = {"model": "ensemble", "members": [d for _, _, d in trained]}
+        featurize = ensemble_features([t.featurize for t in trained])
+        network = Ensemble([t.network for t in trained])
+        description = {"model": "ensemble", "members": [t.description for t in trained]}
+        valid_features = None if not valid_texts else [t.valid_features for t in trained]
     classifier = IntentClassifier(featurize, network, labels, 0.0, description)
-    if valid_texts:
-        predictions = classifier.predict(valid_texts, top_k=1)
+    if valid_features is not None:
+        predictions = classifier.predict_features(valid_features, top_k=1)
         confidence = torch.tensor([p.confidence for p in predictions])
         correct = torch.tensor(
             [p.top[0][0] == g for p, g in zip(predictions, valid_gold, strict=True)]
@@ -552,11 +555,21 @@ def train_intent(
     }
 
 
+@dataclass
+class TrainedModel:
+    """One trained model: how texts become its features, its network with the best validation
+    weights, its description for config.json, and the validation features (for calibration)."""
+
+    featurize: Callable[[list[str]], Tensor]
+    network: nn.Module
+    description: dict
+    valid_features: Tensor | None  # None: the data has no validation split
+
+
 def _train_model(
     examples: Examples, run_dir: Path, recipe: IntentModelRecipe, encoder: Any
-) -> tuple[Callable[[list[str]], Tensor], nn.Module, dict]:
-    """One model trained by the loop, its best validation checkpoint kept: (featurize, network,
-    description)."""
+) -> TrainedModel:
+    """One model trained by the loop, its best validation checkpoint kept."""
     from kefu.train.loop import BestWeights, train
 
     config = recipe.train
@@ -568,10 +581,11 @@ def _train_model(
     # A fine-tuned encoder reads ids and masks: batching texts of similar length saves padding.
     lengths = features[:, 1].sum(1) if recipe.model == "finetune" else None
     train_data = FeatureBatches(features, torch.tensor(examples.targets), config.seed, lengths)
+    valid_features = featurize(examples.valid_texts) if examples.valid_texts else None
     valid_data = None
-    if examples.valid_texts:
+    if valid_features is not None:
         valid_data = FeatureBatches(
-            featurize(examples.valid_texts), torch.tensor(examples.valid_targets), config.seed
+            valid_features, torch.tensor(examples.valid_targets), config.seed
         )
     best = BestWeights()
     train(network, train_data, valid_data, config, run_dir, best)
@@ -580,7 +594,7 @@ def _train_model(
         from kefu.models.lora import merge_lora
 
         merge_lora(network)
-    return featurize, network.cpu(), description
+    return TrainedModel(featurize, network.cpu(), description, valid_features)
 
 
 def load_classifier(run_dir: str | Path) -> IntentClassifier:
