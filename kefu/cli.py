@@ -50,11 +50,13 @@ def build_command(
         bool, typer.Option(help="Rebuild everything, even what is up to date.")
     ] = False,
 ) -> None:
-    """Build a project: ingest its data sets and train its tokenizer, reusing what is up to date."""
+    """Build a project: ingest its data, train its tokenizer, index its knowledge base; reuse what is up to date."""
     result = build(project, force)
     for name, folder in result.data.items():
         _print_stats(load_stats(folder), title=f"data set {name!r} ({folder})")
     stdout.print(f"tokenizer: {result.tokenizer}")
+    if result.kb:
+        stdout.print(f'knowledge base: {result.kb} (try `kefu kb search {result.kb} "..."`)')
     stdout.print(
         f"rebuilt: {', '.join(result.rebuilt) or 'nothing'}; up to date: {', '.join(result.up_to_date) or 'nothing'}"
     )
@@ -692,6 +694,7 @@ def kb_build(
     if not dense:
         fields["encoder"] = None
     config = validate(KBConfig, fields, "the kb build options", "knowledge base config")
+    was_calibrated = (out / "calibration.json").is_file()
     report = build_kb(sources, out, config)
     stdout.print(
         f"{out}: {report.chunks:,} chunks from {report.sources} sources, {report.texts:,} texts to "
@@ -703,6 +706,8 @@ def kb_build(
         note(f"[yellow]{where}[/]: {problem.reason}")
     if len(report.problems) > 20:
         note(f"… and {len(report.problems) - 20} more: see {out / 'problems.jsonl'}")
+    if was_calibrated:
+        note(f"the rebuilt base needs its answer threshold again: `kefu kb calibrate {out}`")
 
 
 def kb_search(
@@ -718,7 +723,8 @@ def kb_search(
     """Search a knowledge base: ranked hits with their sources and BM25, dense and fused scores."""
     from kefu.kb.index import KnowledgeBase
 
-    hits = KnowledgeBase.load(kb, encoder).search(query, k)
+    found = KnowledgeBase.load(kb, encoder).lookup(query, k)
+    hits = found.hits
 
     def score(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -742,6 +748,97 @@ def kb_search(
     stdout.print(table)
     if not hits:
         note("no hits: none of the query's words are in the knowledge base")
+    elif found.confidence is None:
+        note("not calibrated, so no answer is direct: run `kefu kb calibrate` for a threshold")
+    else:
+        verdict = (
+            "answers directly" if found.confident else "below the threshold: not a direct answer"
+        )
+        note(f"confidence of the first hit {found.confidence:.3f}: {verdict}")
+
+
+def _held_out_queries(kb: Any, queries: Path | None) -> tuple[list[Any], str]:
+    """The questions of `queries` (rejected rows listed), or else the FAQ's own paraphrases."""
+    from kefu.kb.evaluate import paraphrase_queries, read_queries
+
+    if queries is None:
+        return paraphrase_queries(kb), "FAQ paraphrases, each held out in turn"
+    found, rejects = read_queries(queries, kb)
+    for reject in rejects[:20]:
+        note(f"[yellow]{reject.file}:{reject.line}[/]: {reject.reason}; the row is skipped")
+    if len(rejects) > 20:
+        note(f"… and {len(rejects) - 20} more rows skipped")
+    return found, queries.name
+
+
+QueriesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help='Held-out questions: CSV or JSON Lines with `query` and `ids` (" | "-separated). '
+        "Default: each FAQ paraphrase, hidden from the index while it is asked."
+    ),
+]
+
+
+def kb_calibrate(
+    kb: Annotated[Path, typer.Argument(help="A knowledge base folder from `kefu kb build`.")],
+    queries: QueriesOption = None,
+    precision: Annotated[
+        float,
+        typer.Option(min=0.01, max=1.0, help="Share of direct FAQ answers that must be right."),
+    ] = 0.9,
+) -> None:
+    """Choose the fusion weights and the confidence threshold for direct answers."""
+    from kefu.kb.evaluate import calibrate
+    from kefu.kb.index import KnowledgeBase
+
+    base = KnowledgeBase.load(kb)
+    held_out, source = _held_out_queries(base, queries)
+    found = calibrate(base, held_out, precision, source)
+    f, figures = found.fusion, found.figures
+    stdout.print(
+        f"{kb}: calibrated on {figures['queries']:,} questions ({source}); fusion k={f.k}, "
+        f"BM25 weight {f.bm25_weight}, dense weight {f.dense_weight}: recall@1 "
+        f"{100 * figures['recall@1']:.2f}, MRR {100 * figures['mrr']:.2f}; direct answers at "
+        f"confidence ≥ {found.threshold:.3f} for {100 * precision:.0f}% precision: "
+        f"{100 * figures['answer_rate']:.1f}% of questions"
+    )
+
+
+def eval_kb(
+    kb: Annotated[Path, typer.Argument(help="A knowledge base folder from `kefu kb build`.")],
+    queries: QueriesOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.md and eval.json (default: KB/eval).")
+    ] = None,
+) -> None:
+    """Recall@1/5/10, MRR, nDCG@10 of BM25, dense and hybrid; the calibrated answer rate."""
+    from kefu.kb.evaluate import evaluate_kb
+    from kefu.kb.index import KnowledgeBase
+
+    base = KnowledgeBase.load(kb)
+    held_out, source = _held_out_queries(base, queries)
+    results = evaluate_kb(base, held_out, out or kb / "eval")
+    table = Table(title=f"{kb}: {results['queries']:,} questions ({source})", title_justify="left")
+    for heading in ("ranking", "recall@1", "recall@5", "recall@10", "MRR", "nDCG@10"):
+        table.add_column(heading, justify="left" if heading == "ranking" else "right")
+    rows = [(name, results[name]) for name in ("bm25", "dense", "hybrid")]
+    rows += [(f"hybrid, {lang}", m) for lang, m in results["by_language"].items()]
+    for name, m in rows:
+        keys = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")
+        table.add_row(name, *(f"{100 * m[key]:.2f}" for key in keys))
+    stdout.print(table)
+    answering = results.get("answering")
+    if answering:
+        achieved = answering["precision"]
+        stdout.print(
+            f"direct answers: {100 * answering['answer_rate']:.1f}% of questions at confidence ≥ "
+            f"{answering['threshold']:.3f}, {'none' if achieved is None else f'{100 * achieved:.1f}%'} "
+            f"right (target {100 * answering['target_precision']:.0f}%)"
+        )
+    else:
+        note("not calibrated: run `kefu kb calibrate` for the direct-answer rate")
+    stdout.print(f"report: {(out or kb / 'eval') / 'report.md'}")
 
 
 COMMANDS: dict[str, Callable[..., None]] = {
@@ -764,6 +861,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "nlu": nlu_command,
     "kb build": kb_build,
     "kb search": kb_search,
+    "kb calibrate": kb_calibrate,
+    "eval kb": eval_kb,
 }
 GROUPS = {
     "config": "Validate project files and recipes.",

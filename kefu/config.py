@@ -156,6 +156,28 @@ class KnowledgeBaseConfig(StrictModel):
     sources: list[str] = Field(
         default_factory=list, description="Data sets of format `faq` that form the knowledge base."
     )
+    documents: list[str] = Field(
+        default_factory=list,
+        description="Markdown, HTML, text or JSON record files, or folders of them, to index too.",
+    )
+    queries: str | None = Field(
+        None,
+        description="Held-out questions (CSV/JSONL: query, ids) to calibrate the answer threshold "
+        "on; default: the FAQ's paraphrases, each held out in turn.",
+    )
+    precision: float = Field(
+        0.9, gt=0, le=1, description="Share of direct answers from the FAQ that must be right."
+    )
+
+    @field_validator("documents")
+    @classmethod
+    def _resolve_documents(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return [resolve_path(path, info) for path in value]
+
+    @field_validator("queries")
+    @classmethod
+    def _resolve_queries(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return value and resolve_path(value, info)
 
 
 class EntitiesConfig(StrictModel):
@@ -228,6 +250,12 @@ class ProjectConfig(StrictModel):
                 raise ValueError(
                     f"knowledge_base.sources: data set {name!r} has format "
                     f"{self.data[name].format!r}; a knowledge base is built from format 'faq'"
+                )
+            if self.data[name].columns:
+                raise ValueError(
+                    f"knowledge_base.sources: data set {name!r} renames columns; the knowledge "
+                    "base reads FAQ files by their own column names (question, answer, id, "
+                    "category, url, paraphrases), so rename them in the file"
                 )
         return self
 

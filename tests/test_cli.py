@@ -95,7 +95,10 @@ def test_init_then_build_then_nothing_to_redo(tmp_path):
     assert "name: shop" in (project / "kefu.yaml").read_text()
     first = kefu("-q", "build", str(project))
     assert first.returncode == 0, first.stderr
-    assert "rebuilt: data/conversations, data/intents, data/faq, tokenizer" in first.stdout
+    assert "rebuilt: data/conversations, data/intents, data/faq, tokenizer, kb;" in first.stdout
+    # Five FAQ entries are searchable, but too few to calibrate direct answers on.
+    assert (project / "build" / "kb" / "manifest.json").is_file()
+    assert not (project / "build" / "kb" / "calibration.json").exists()
     conversations = [
         json.loads(line)
         for s in ("train", "valid", "test")
@@ -107,7 +110,7 @@ def test_init_then_build_then_nothing_to_redo(tmp_path):
     with open(project / "data" / "intents.csv", "a", encoding="utf-8") as intents:
         intents.write("is my parcel lost,order_status\n")
     third = kefu("-q", "build", str(project))
-    assert "rebuilt: data/intents, tokenizer" in third.stdout
+    assert "rebuilt: data/intents, tokenizer;" in third.stdout
     again = kefu("init", str(project))
     assert again.returncode == 1 and "already exists" in again.stderr
 

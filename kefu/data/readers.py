@@ -527,7 +527,7 @@ def read_csv(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         yield _conversation(src, min(r[2] for r in rows), conv_id, pairs, options, raw)
 
 
-def _labelled_rows(
+def labelled_rows(
     src: SourceFile, options: ReadOptions, required: tuple[str, ...], optional: tuple[str, ...]
 ) -> Iterator[tuple[int, dict[str, Any], Any] | Reject]:
     """Rows of a labelled file, CSV or JSON Lines by its extension, as {field: value}."""
@@ -573,7 +573,7 @@ INTENT_FIELDS = ("text", "label")
 
 def read_intents(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
     """Labelled utterances: CSV with a header, or JSON Lines, with `text` and `label`."""
-    for found in _labelled_rows(src, options, INTENT_FIELDS, ("split",)):
+    for found in labelled_rows(src, options, INTENT_FIELDS, ("split",)):
         if isinstance(found, Reject):
             yield found
             continue
@@ -703,7 +703,7 @@ def read_faq(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
 
     In CSV, paraphrases are one cell separated by " | "; in JSON Lines, a list or that string.
     """
-    for found in _labelled_rows(src, options, FAQ_FIELDS, FAQ_OPTIONAL):
+    for found in labelled_rows(src, options, FAQ_FIELDS, FAQ_OPTIONAL):
         if isinstance(found, Reject):
             yield found
             continue

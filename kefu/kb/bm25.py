@@ -46,6 +46,8 @@ class BM25:
     def __init__(self, weights: sparse.csc_matrix, vocabulary: dict[str, int]) -> None:
         self.weights = weights  # (documents, terms)
         self.vocabulary = vocabulary  # term → column
+        # Each term's best weight in any document: their sum bounds a query's possible score.
+        self.term_ceilings = weights.max(axis=0).toarray().ravel() if weights.nnz else np.zeros(0)
 
     @classmethod
     def build(cls, documents: list[list[str]], config: BM25Config | None = None) -> BM25:
@@ -87,6 +89,16 @@ class BM25:
         columns = [self.vocabulary[t] for t in counts]
         repeats = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         return np.asarray(self.weights[:, columns] @ repeats).ravel()
+
+    def ceiling(self, query: list[str]) -> float:
+        """The most any document could score for `query`: the sum of its terms' best weights.
+
+        A score divided by it is comparable across queries (0-1), which raw BM25 is not: a long
+        query scores more than a short one however well either matches.
+        """
+        return float(
+            sum(self.term_ceilings[self.vocabulary[t]] for t in query if t in self.vocabulary)
+        )
 
     def save(self, path: Path) -> None:
         """Write the matrix and the vocabulary (terms in column order) to one .npz file."""

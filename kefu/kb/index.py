@@ -6,15 +6,19 @@
       bm25.npz         the BM25 weight matrix and its vocabulary
       vectors.npy      (M, dim) float32 unit vectors of the texts the encoder suits
       vector_rows.npy  (M,) which match text each vector belongs to
+      vectors.faiss    the HNSW graph of the vectors, for large bases (see KBConfig.dense_index)
       problems.jsonl   the sources' problems: file, line, reason
+      calibration.json fusion weights and answer threshold from `kefu kb calibrate` (optional)
 
 Queries are matched against *texts*, not chunks: an FAQ entry has one text per question and
 paraphrase, a document chunk one. A chunk scores as its best text. Every path inside is relative,
 so the folder can be copied to another machine.
 
-Hybrid search is weighted reciprocal-rank fusion, Σ weight / (k + rank), over the BM25 and dense
-rankings: ranks, unlike raw scores, are comparable across the two. The dense side only runs where
-the encoder suits the query's language (MiniLM is English), else BM25 ranks alone.
+Hybrid search is weighted reciprocal-rank fusion over the BM25 and dense rankings (`fusion.py`).
+The dense side only runs where the encoder suits the query's language (MiniLM is English), else
+BM25 ranks alone. `calibration.json`, once `kefu kb calibrate` has written it, holds the fusion
+weights chosen on held-out queries and the confidence model whose threshold decides when the
+first hit may answer on its own (`KnowledgeBase.lookup`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -37,21 +41,15 @@ from kefu.errors import KefuError
 from kefu.files import replaced_folder
 from kefu.kb.bm25 import BM25, BM25Config
 from kefu.kb.chunking import ChunkConfig
-from kefu.kb.dense import ExactSearch, VectorSearch, embed, load_encoder
+from kefu.kb.calibration import Calibration
+from kefu.kb.fusion import FusionConfig, Rankings, fuse
+from kefu.kb.dense import ExactSearch, HNSWSearch, VectorSearch, embed, load_encoder
 from kefu.kb.sources import Chunk, LoadedSource, load_sources
 from kefu.kb.text import language, tokens
 from kefu.models.encoder import DEFAULT_ENCODER
 
 INDEX_FORMAT = 1  # bumped when the folder's layout changes
-
-
-class FusionConfig(StrictModel):
-    """How the BM25 and dense rankings are merged."""
-
-    k: int = Field(60, ge=1, description="Reciprocal-rank constant: larger flattens the ranks.")
-    bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking.")
-    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking.")
-    candidates: int = Field(100, ge=1, description="Chunks each ranking contributes.")
+HNSW_FILE = "vectors.faiss"
 
 
 class KBConfig(StrictModel):
@@ -69,6 +67,15 @@ class KBConfig(StrictModel):
     chunking: ChunkConfig = Field(default_factory=ChunkConfig, description="Chunk sizes.")
     bm25: BM25Config = Field(default_factory=BM25Config, description="BM25 parameters.")
     fusion: FusionConfig = Field(default_factory=FusionConfig, description="Hybrid fusion.")
+    dense_index: Literal["auto", "exact", "hnsw"] = Field(
+        "auto",
+        description="How vectors are searched: exact (every one scored), hnsw (a faiss graph "
+        "built with the base: approximate, far faster on large bases) or auto (hnsw above "
+        "hnsw_above vectors).",
+    )
+    hnsw_above: int = Field(
+        50_000, ge=0, description="auto only: the number of vectors above which HNSW is used."
+    )
 
     @model_validator(mode="after")
     def _languages_of_the_encoder(self) -> KBConfig:
@@ -76,6 +83,14 @@ class KBConfig(StrictModel):
             english_only = self.encoder == DEFAULT_ENCODER
             self.dense_languages = ["en"] if english_only else ["en", "zh"]
         return self
+
+    def vector_search(self, vectors: int) -> Literal["exact", "hnsw"]:
+        """How a base of `vectors` vectors is searched. Exact search reads every vector per
+        query (~10 ms at 50k on two cores, growing with the base); an HNSW graph reads a few
+        thousand, but takes minutes to build and may miss a neighbour."""
+        if self.dense_index == "auto":
+            return "hnsw" if vectors > self.hnsw_above else "exact"
+        return self.dense_index
 
 
 @dataclass
@@ -107,6 +122,15 @@ class Hit:
     def snippet(self, length: int = 160) -> str:
         text = " ".join(self.chunk.text.split())
         return text if len(text) <= length else text[: length - 1] + "…"
+
+
+@dataclass
+class Lookup:
+    """Hits with the confidence (0-1, None if uncalibrated) that the first one answers."""
+
+    hits: list[Hit]
+    confidence: float | None
+    confident: bool
 
 
 @dataclass
@@ -246,6 +270,8 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
         bm25.save(staging / "bm25.npz")
         np.save(staging / "vectors.npy", vectors)
         np.save(staging / "vector_rows.npy", vector_rows)
+        if len(vectors) and config.vector_search(len(vectors)) == "hnsw":
+            HNSWSearch.build(vectors).save(staging / HNSW_FILE)
         with open(staging / "problems.jsonl", "w", encoding="utf-8") as file:
             for problem in problems:
                 file.write(json.dumps(problem.to_json(), ensure_ascii=False) + "\n")
@@ -269,17 +295,36 @@ def _source_entry(source: LoadedSource) -> dict[str, Any]:
     }
 
 
+def _vector_search(folder: Path, config: KBConfig) -> VectorSearch | None:
+    """The search over a built folder's vectors that its config picks; None if it has none."""
+    vectors = np.load(folder / "vectors.npy", mmap_mode="r")  # read whole only for exact search
+    if not len(vectors):
+        return None
+    if config.vector_search(len(vectors)) == "exact":
+        return ExactSearch(np.array(vectors))
+    if not (folder / HNSW_FILE).is_file():
+        raise KefuError(
+            f"{folder} has {len(vectors):,} vectors to search on an HNSW graph (dense_index: "
+            f"{config.dense_index}, hnsw_above: {config.hnsw_above:,}) but no {HNSW_FILE}; "
+            "rebuild it with `kefu kb build` (the vectors are kept, only the graph is built)"
+        )
+    return HNSWSearch.load(folder / HNSW_FILE)
+
+
 class KnowledgeBase:
     """A built knowledge base, ready to search."""
 
     def __init__(
         self,
+        folder: Path,
         manifest: dict[str, Any],
         chunks: list[Chunk],
         bm25: BM25,
         vectors: VectorSearch | None,
         vector_rows: np.ndarray,
+        calibration: Calibration | None = None,
     ) -> None:
+        self.folder = folder
         self.manifest = manifest
         self.config = KBConfig.model_validate(manifest["config"])
         self.chunks = chunks
@@ -289,6 +334,9 @@ class KnowledgeBase:
         self.row_chunk = np.array(_chunk_of_each_text(chunks), dtype=np.int64)
         # A chunk's texts are consecutive rows, so per-chunk maxima are one reduceat.
         self.chunk_starts = np.searchsorted(self.row_chunk, np.arange(len(chunks)))
+        self.calibration = calibration
+        # Fusion weights tuned by `kefu kb calibrate` take precedence over the built-in ones.
+        self.fusion = calibration.fusion if calibration else self.config.fusion
 
     @classmethod
     def load(cls, folder: str | Path, encoder: str | None = None) -> KnowledgeBase:
@@ -314,42 +362,62 @@ class KnowledgeBase:
             )
         if encoder is not None:
             manifest["config"]["encoder"] = encoder
-        vectors = np.load(folder / "vectors.npy")
         return cls(
+            folder,
             manifest,
             _read_chunks(folder / "chunks.jsonl"),
             BM25.load(folder / "bm25.npz"),
-            ExactSearch(vectors) if len(vectors) else None,
+            _vector_search(folder, KBConfig.model_validate(manifest["config"])),
             np.load(folder / "vector_rows.npy"),
+            Calibration.read(folder),
         )
 
     def uses_dense(self, query: str) -> bool:
         """Whether the dense side runs for `query`: there are vectors and the encoder suits it."""
         return self.vectors is not None and _suits(query, self.config.dense_languages)
 
-    def _bm25_ranking(self, query: str, candidates: int) -> dict[int, float]:
-        """The best `candidates` chunks by BM25 (score > 0) → score, best first."""
-        scores = np.maximum.reduceat(self.bm25.scores(tokens(query)), self.chunk_starts)
-        top = np.flatnonzero(scores > 0)
-        if len(top) > candidates:
-            top = top[np.argpartition(-scores[top], candidates - 1)[:candidates]]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return {int(n): float(scores[n]) for n in top}
+    def embed_queries(self, queries: list[str]) -> list[np.ndarray | None]:
+        """Query vectors in one batch (None where the dense side does not run), for `rankings`."""
+        suited = [n for n, query in enumerate(queries) if self.uses_dense(query)]
+        found: list[np.ndarray | None] = [None] * len(queries)
+        if suited:
+            vectors = embed(load_encoder(self.config.encoder), [queries[n] for n in suited])
+            for n, vector in zip(suited, vectors, strict=True):
+                found[n] = vector
+        return found
 
-    def _dense_ranking(
-        self, vectors: VectorSearch, query: str, candidates: int
-    ) -> dict[int, float]:
-        """The best `candidates` chunks by cosine similarity → score, best first."""
-        encoder = load_encoder(self.config.encoder)
-        # A chunk may own several texts, so ask for more texts than chunks are wanted.
-        found, scores = vectors.search(embed(encoder, [query])[0], 4 * candidates)
-        ranking: dict[int, float] = {}
-        for index, score in zip(found, scores, strict=True):
-            chunk = int(self.row_chunk[self.vector_rows[index]])
-            ranking.setdefault(chunk, float(score))  # the first seen is the chunk's best
-            if len(ranking) == candidates:
-                break
-        return ranking
+    def rankings(
+        self,
+        query: str,
+        candidates: int = 100,
+        held_out: int | None = None,
+        vector: np.ndarray | None = None,
+    ) -> Rankings:
+        """Both sides' best `candidates` chunks for `query`, before fusion.
+
+        Args:
+            held_out: a match text (row) that may not match, so that an FAQ's own paraphrase can
+                serve as a held-out query (see `kefu.kb.evaluate.paraphrase_queries`).
+            vector: the query's vector, when it was embedded in a batch (`embed_queries`).
+        """
+        words = tokens(query)
+        text_scores = self.bm25.scores(words)
+        if held_out is not None:
+            text_scores[held_out] = 0.0
+        bm25 = _best(np.maximum.reduceat(text_scores, self.chunk_starts), candidates)
+        dense: dict[int, float] = {}
+        if self.vectors is not None and self.uses_dense(query):
+            if vector is None:
+                [vector] = self.embed_queries([query])
+            # A chunk may own several texts, so ask for more texts than chunks are wanted.
+            found, scores = self.vectors.search(vector, 4 * candidates + 1)
+            for index, score in zip(found, scores, strict=True):
+                row = int(self.vector_rows[index])
+                if row != held_out:
+                    dense.setdefault(int(self.row_chunk[row]), float(score))  # first = best
+                if len(dense) == candidates:
+                    break
+        return Rankings(bm25, dense, self.bm25.ceiling(words))
 
     def search(self, query: str, k: int = 5, fusion: FusionConfig | None = None) -> list[Hit]:
         """The `k` chunks that best answer `query`, best first.
@@ -357,19 +425,36 @@ class KnowledgeBase:
         Args:
             query: the customer's question, in any language.
             k: how many hits to return.
-            fusion: weights and constant of the rank fusion (default: the knowledge base's own).
+            fusion: weights and constant of the rank fusion (default: the calibrated ones, else
+                the knowledge base's config).
         """
-        fusion = fusion or self.config.fusion
-        bm25 = self._bm25_ranking(query, fusion.candidates)
-        dense = {}
-        if self.vectors is not None and self.uses_dense(query):
-            dense = self._dense_ranking(self.vectors, query, fusion.candidates)
-        fused: dict[int, float] = {}
-        for ranking, weight in ((bm25, fusion.bm25_weight), (dense, fusion.dense_weight)):
-            for rank, chunk in enumerate(ranking, start=1):
-                fused[chunk] = fused.get(chunk, 0.0) + weight / (fusion.k + rank)
-        best = sorted(fused, key=lambda n: (-fused[n], -bm25.get(n, 0.0)))[:k]
-        return [
-            Hit(rank, self.chunks[n], fused[n], bm25.get(n), dense.get(n))
+        return self.lookup(query, k, fusion).hits
+
+    def lookup(self, query: str, k: int = 5, fusion: FusionConfig | None = None) -> Lookup:
+        """The hits for `query` and how sure the knowledge base is that the first one answers it.
+
+        `confident` is whether the assistant may answer straight from the first hit: its
+        confidence reaches the threshold calibrated for the target precision (never, when the
+        knowledge base has not been calibrated: `kefu kb calibrate`).
+        """
+        fusion = fusion or self.fusion
+        rankings = self.rankings(query, max(fusion.candidates, k))
+        fused = fuse(rankings, fusion)
+        best = list(fused)[:k]
+        hits = [
+            Hit(rank, self.chunks[n], fused[n], rankings.bm25.get(n), rankings.dense.get(n))
             for rank, n in enumerate(best, start=1)
         ]
+        if self.calibration is None or not hits:
+            return Lookup(hits, None, False)
+        confidence = self.calibration.confidence(rankings, best[0])
+        return Lookup(hits, confidence, confidence >= self.calibration.threshold)
+
+
+def _best(scores: np.ndarray, candidates: int) -> dict[int, float]:
+    """The best `candidates` chunks by score (> 0) → score, best first."""
+    top = np.flatnonzero(scores > 0)
+    if len(top) > candidates:
+        top = top[np.argpartition(-scores[top], candidates - 1)[:candidates]]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return {int(n): float(scores[n]) for n in top}

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from kefu.config import StrictModel, resolve_path
 from kefu.data.folder import load_stats, read_split
 from kefu.errors import KefuError
+from kefu.eval.calibration import calibrate_threshold
 from kefu.models.encoder import DEFAULT_ENCODER, mean_pool
 from kefu.models.lora import LoRAConfig
 from kefu.train.loop import TrainConfig
@@ -116,31 +117,6 @@ class FeatureBatches:
     def batch(self, index: int, size: int) -> tuple[Tensor, Tensor]:
         rows = self.order.rows(index, size)
         return self.features[rows], self.labels[rows]
-
-
-def calibrate_threshold(confidence: Tensor, correct: Tensor, precision: float) -> float:
-    """The confidence threshold that keeps the most validation answers at `precision` or better.
-
-    It lies halfway between the last answer kept and the first one dropped, so test examples a
-    hair less confident than the least confident kept one are not thrown away; when every
-    answer can be kept it is 0, when none can it is 1.
-
-    Args:
-        confidence: (N,) the top probability of each validation example.
-        correct: (N,) whether the top label is right (an out-of-scope example counts as wrong
-            unless the model has an out-of-scope class and chose it).
-    """
-    order = torch.argsort(confidence, descending=True)
-    ranked = confidence[order]
-    hits = torch.cumsum(correct[order].float(), 0)
-    kept = torch.arange(1, len(order) + 1, dtype=torch.float)
-    reaching = (hits / kept >= precision).nonzero()
-    if len(reaching) == 0:
-        return 1.0
-    last = int(reaching[-1, 0])
-    if last == len(order) - 1:
-        return 0.0
-    return float(ranked[last] + ranked[last + 1]) / 2
 
 
 def intent_metrics(gold: list[str], predicted: list[str]) -> dict[str, Any]:

@@ -64,3 +64,12 @@ def test_saved_index_gives_the_same_scores(tmp_path):
     loaded = BM25.load(tmp_path / "bm25.npz")
     assert loaded.vocabulary == index.vocabulary
     np.testing.assert_array_equal(loaded.scores(["fee", "card"]), index.scores(["fee", "card"]))
+
+
+def test_the_ceiling_bounds_every_score_and_is_reached_by_the_best_document_of_one_term():
+    documents = [["lost", "card"], ["card", "fee", "card"], ["transfer", "abroad", "fee"]]
+    bm25 = BM25.build(documents)
+    for query in (["card"], ["card", "fee"], ["lost", "card", "abroad"], ["unknown"]):
+        assert bm25.scores(query).max(initial=0.0) <= bm25.ceiling(query) + 1e-6
+    assert bm25.ceiling(["card"]) == pytest.approx(float(bm25.scores(["card"]).max()))
+    assert bm25.ceiling(["unknown"]) == 0.0

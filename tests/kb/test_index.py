@@ -11,16 +11,6 @@ from kefu.errors import KefuError
 from kefu.kb.index import FusionConfig, KBConfig, KnowledgeBase, build_kb
 from tests.conftest import REPO
 
-ACME = [REPO / "examples" / "acme_bank" / "faq_en.csv", REPO / "examples" / "acme_bank" / "faq_zh.csv"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def acme(tmp_path_factory):
-    """The demo bank's FAQ in both languages, built once (MiniLM embeds the English texts)."""
-    folder = tmp_path_factory.mktemp("kb") / "acme"
-    report = build_kb(ACME, folder)
-    return folder, report
-
 
 def test_the_build_counts_every_entry_and_embeds_only_the_english_texts(acme):
     folder, report = acme

@@ -14,7 +14,6 @@ from kefu.nlu.intent import (
     OUT_OF_SCOPE,
     FineTunedEncoder,
     IntentRecipe,
-    calibrate_threshold,
     check_labels,
     intent_metrics,
     load_classifier,
@@ -39,15 +38,6 @@ def recipe(model: str, steps: int, batch_size: int = 32, **settings) -> IntentRe
         "precision": "fp32",
     }
     return IntentRecipe(kind="intent", model=model, train=train, **settings)
-
-
-def test_threshold_is_the_lowest_that_keeps_the_precision():
-    confidence = torch.tensor([0.6, 0.9, 0.7, 0.8])
-    correct = torch.tensor([True, True, False, True])
-    # Sorted: 0.9 ✓, 0.8 ✓, 0.7 ✗, 0.6 ✓ → precision 1, 1, 2/3, 3/4 of the answers kept.
-    assert calibrate_threshold(confidence, correct, 0.9) == pytest.approx(0.75)  # keep 2
-    assert calibrate_threshold(confidence, correct, 0.7) == 0.0  # keep all 4
-    assert calibrate_threshold(confidence, torch.tensor([False] * 4), 0.9) == 1.0
 
 
 def test_metrics_the_clinc150_way():
