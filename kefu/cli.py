@@ -21,7 +21,7 @@ from rich.table import Table
 
 from kefu import __version__
 from kefu.config import DataSource, load_config, validate
-from kefu.console import note, settings, stdout
+from kefu.console import note, note_rejects, settings, stdout
 from kefu.data.folder import load_stats, split_texts
 from kefu.data.ingest import ingest
 from kefu.data.readers import FORMATS
@@ -701,11 +701,7 @@ def kb_build(
         f"match, {report.vectors:,} vectors ({report.embedded:,} texts of "
         f"{report.reembedded_chunks:,} chunks embedded, the rest kept); problems: {len(report.problems)}"
     )
-    for problem in report.problems[:20]:
-        where = f"{problem.file}:{problem.line}" if problem.line else problem.file
-        note(f"[yellow]{where}[/]: {problem.reason}")
-    if len(report.problems) > 20:
-        note(f"… and {len(report.problems) - 20} more: see {out / 'problems.jsonl'}")
+    note_rejects(report.problems, f": see {out / 'problems.jsonl'}")
     if was_calibrated:
         note(f"the rebuilt base needs its answer threshold again: `kefu kb calibrate {out}`")
 
@@ -764,10 +760,7 @@ def _held_out_queries(kb: Any, queries: Path | None) -> tuple[list[Any], str]:
     if queries is None:
         return paraphrase_queries(kb), "FAQ paraphrases, each held out in turn"
     found, rejects = read_queries(queries, kb)
-    for reject in rejects[:20]:
-        note(f"[yellow]{reject.file}:{reject.line}[/]: {reject.reason}; the row is skipped")
-    if len(rejects) > 20:
-        note(f"… and {len(rejects) - 20} more rows skipped")
+    note_rejects(rejects, " rows skipped")
     return found, queries.name
 
 
@@ -822,7 +815,7 @@ def eval_kb(
     table = Table(title=f"{kb}: {results['queries']:,} questions ({source})", title_justify="left")
     for heading in ("ranking", "recall@1", "recall@5", "recall@10", "MRR", "nDCG@10"):
         table.add_column(heading, justify="left" if heading == "ranking" else "right")
-    rows = [(name, results[name]) for name in ("bm25", "dense", "hybrid")]
+    rows = [(name, results[name]) for name in ("bm25", "dense", "hybrid") if results[name]]
     rows += [(f"hybrid, {lang}", m) for lang, m in results["by_language"].items()]
     for name, m in rows:
         keys = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")

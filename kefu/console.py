@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +24,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from kefu.data.records import Reject
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
@@ -69,6 +73,15 @@ def note(message: str) -> None:
     """A line for the person running the command (hidden by --quiet)."""
     if not settings.quiet:
         stderr.print(message)
+
+
+def note_rejects(rejects: list[Reject], rest: str = "", shown: int = 20) -> None:
+    """The first `shown` rejects as "file:line: reason" notes, then how many more and where
+    they are listed (`rest`)."""
+    for reject in rejects[:shown]:
+        note(f"[yellow]{reject.where}[/]: {reject.reason}")
+    if len(rejects) > shown:
+        note(f"… and {len(rejects) - shown} more{rest}")
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from typing import Any
 
 from kefu import __version__
 from kefu.config import ProjectConfig, load_config
-from kefu.console import note, settings
+from kefu.console import note, note_rejects, settings
 from kefu.data.folder import split_texts
 from kefu.data.ingest import expand_inputs, ingest
 from kefu.errors import KefuError
@@ -154,9 +154,7 @@ def build_knowledge_base(
     from kefu.kb.index import KnowledgeBase, build_kb
 
     report = build_kb(sources, folder)
-    for problem in report.problems:
-        where = f"{problem.file}:{problem.line}" if problem.line else problem.file
-        note(f"[yellow]{where}[/]: {problem.reason}")
+    note_rejects(report.problems, f": see {folder / 'problems.jsonl'}")
     kb = KnowledgeBase.load(folder)
     try:
         held_out = read_queries(Path(queries), kb)[0] if queries else paraphrase_queries(kb)

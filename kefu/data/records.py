@@ -32,6 +32,10 @@ class Reject:
     reason: str  # what was wrong and what to do, for a person
     raw: Any = ""
 
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
     def to_json(self) -> dict[str, Any]:
         raw = self.raw if isinstance(self.raw, str) else json.dumps(self.raw, ensure_ascii=False)
         return {

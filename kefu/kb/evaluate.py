@@ -76,10 +76,10 @@ def read_queries(path: Path, kb: KnowledgeBase) -> tuple[list[Query], list[Rejec
             reason = (
                 "empty query" if not text else "no ids: list the ids of the entries that answer it"
             )
-            rejects.append(Reject(str(path), line, "bad_field", reason, raw))
+            rejects.append(Reject(str(path), line, "bad_field", f"{reason}; skipped", raw))
         elif unknown:
             reason = (
-                f"id {unknown[0]!r} is not in the knowledge base; check it against chunks.jsonl"
+                f"id {unknown[0]!r} is not in the knowledge base (see its chunks.jsonl); skipped"
             )
             rejects.append(Reject(str(path), line, "unknown_id", reason, raw))
         else:
@@ -192,7 +192,10 @@ def evaluate_kb(kb: KnowledgeBase, queries: list[Query], out: Path | None = None
         "queries": len(queries),
         "fusion": kb.fusion.model_dump(),
         "bm25": ranking_metrics([_ids(kb, r.bm25) for r in rankings], relevant),
-        "dense": ranking_metrics([_ids(kb, r.dense) for r in rankings], relevant),
+        # None when the encoder suits none of the questions (Chinese ones, with MiniLM).
+        "dense": ranking_metrics([_ids(kb, r.dense) for r in rankings], relevant)
+        if any(r.dense for r in rankings)
+        else None,
         "hybrid": ranking_metrics([_ids(kb, order) for order in hybrid], relevant),
         "by_language": {},
     }
@@ -251,7 +254,7 @@ def _report(kb: KnowledgeBase, results: dict[str, Any]) -> str:
         "| ranking | questions | recall@1 | recall@5 | recall@10 | MRR | nDCG@10 |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         row("BM25", results["bm25"]),
-        row("dense", results["dense"]),
+        *([row("dense", results["dense"])] if results["dense"] else []),
         row("hybrid", results["hybrid"]),
         *[row(f"hybrid, {name}", m) for name, m in results["by_language"].items()],
         "",

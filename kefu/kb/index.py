@@ -40,10 +40,10 @@ from kefu.data.records import Reject
 from kefu.errors import KefuError
 from kefu.files import replaced_folder
 from kefu.kb.bm25 import BM25, BM25Config
-from kefu.kb.chunking import ChunkConfig
 from kefu.kb.calibration import Calibration
-from kefu.kb.fusion import FusionConfig, Rankings, fuse
+from kefu.kb.chunking import ChunkConfig
 from kefu.kb.dense import ExactSearch, HNSWSearch, VectorSearch, embed, load_encoder
+from kefu.kb.fusion import FusionConfig, Rankings, fuse
 from kefu.kb.sources import Chunk, LoadedSource, load_sources
 from kefu.kb.text import language, tokens
 from kefu.models.encoder import DEFAULT_ENCODER

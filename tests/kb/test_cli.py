@@ -67,7 +67,7 @@ def test_calibrate_then_evaluate_with_a_query_file(write, tmp_path):
     evaluated = kefu("eval", "kb", str(out), "--queries", str(queries))
     assert evaluated.returncode == 0, evaluated.stderr
     results = json.loads((out / "eval" / "eval.json").read_text())
-    assert results["queries"] == len(HELD_OUT_ZH) and results["dense"]["recall@10"] == 0
+    assert results["queries"] == len(HELD_OUT_ZH) and results["dense"] is None
     assert results["hybrid"] == results["bm25"]  # Chinese: BM25 alone
     assert results["answering"]["precision"] >= 0.9
     assert "direct answers:" in evaluated.stdout and "hybrid, zh" in evaluated.stdout
