@@ -69,12 +69,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
 from kefu.console import settings
 from kefu.kb.bm25 import BM25
-from kefu.kb.dense import ExactSearch, embed, load_encoder
+from kefu.kb.dense import HNSW_EF_SEARCH, ExactSearch, embed, load_encoder
 from kefu.kb.evaluate import Query, calibrate, evaluate_kb
 from kefu.kb.index import HNSW_FILE, KBConfig, KnowledgeBase, build_kb
 from kefu.kb.text import tokens
@@ -360,20 +361,18 @@ def measure_hybrid(
         for name, index in (("hnsw", kb.vectors), ("exact", exact)):
             times = _latencies(lambda v, index=index, k=k: index.search(v, k), list(vectors))
             figures[f"{name}_search_at_{k}"] = _summary(times)
-    # How the graph's search width trades recall for time (the base keeps HNSW_EF_SEARCH).
-    graph = kb.vectors.index.hnsw
-    chosen, figures["hnsw_ef_search"], sweep = graph.efSearch, graph.efSearch, []
+    # How the graph's search width trades recall for time (kefu searches HNSW_EF_SEARCH wide).
+    figures["hnsw_ef_search"], sweep = HNSW_EF_SEARCH, []
     truth = [exact.search(v, K)[1] for v in vectors]
     for ef in EF_SWEEP:
-        graph.efSearch = ef
-        recall = [
-            _recall(kb.vectors.search(v, K)[1], t) for v, t in zip(vectors, truth, strict=True)
-        ]
-        times = _latencies(lambda v: kb.vectors.search(v, K), list(vectors))
-        sweep.append(
-            {"ef_search": ef, "recall_at_10": round(float(np.mean(recall)), 4)} | _summary(times)
-        )
-    graph.efSearch = chosen
+        wide = faiss.SearchParametersHNSW(efSearch=ef)
+
+        def graph(v: np.ndarray, wide: Any = wide) -> np.ndarray:
+            return kb.vectors.index.search(v[None], K, params=wide)[0][0]  # scores, best first
+
+        recall = [_recall(graph(v), t) for v, t in zip(vectors, truth, strict=True)]
+        point = {"ef_search": ef, "recall_at_10": round(float(np.mean(recall)), 4)}
+        sweep.append(point | _summary(_latencies(graph, list(vectors))))
     figures["hnsw_ef_sweep"] = sweep
     with_exact = copy.copy(kb)
     with_exact.vectors = exact

@@ -1,7 +1,8 @@
 """A knowledge base folder: build it from sources, update it incrementally, load it, search it.
 
     kb/NAME/
-      manifest.json    sources with content hashes, counts, encoder, build time, kefu version
+      manifest.json    sources with content hashes, counts, encoder, build date and duration,
+                       kefu version
       chunks.jsonl     one chunk a line: id, source, title path, text, url, FAQ fields
       bm25.npz         the BM25 weight matrix and its vocabulary
       vectors.npy      (M, dim) float32 unit vectors of the texts the encoder suits
@@ -26,6 +27,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -213,6 +215,7 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
         out: the knowledge base folder; replaced whole once the new one is complete.
         config: chunking, BM25, encoder and fusion settings (stored with the index).
     """
+    started = time.perf_counter()
     config = config or KBConfig()
     _check_replaceable(out)
     loaded, problems = load_sources(paths, config.chunking, config.encoding)
@@ -275,6 +278,7 @@ def build_kb(paths: list[Path], out: Path, config: KBConfig | None = None) -> Bu
         with open(staging / "problems.jsonl", "w", encoding="utf-8") as file:
             for problem in problems:
                 file.write(json.dumps(problem.to_json(), ensure_ascii=False) + "\n")
+        manifest["build_seconds"] = round(time.perf_counter() - started, 2)
         (staging / "manifest.json").write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )

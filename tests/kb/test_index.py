@@ -22,6 +22,7 @@ def test_the_build_counts_every_entry_and_embeds_only_the_english_texts(acme):
     assert manifest["encoder"] == "all-MiniLM-L6-v2" and manifest["embedding_dim"] == 384
     assert [s["source"] for s in manifest["sources"]] == ["faq_en.csv", "faq_zh.csv"]
     assert manifest["counts"]["chunks"] == 160 and len(manifest["sources"][0]["sha256"]) == 64
+    assert manifest["build_seconds"] > 0 and manifest["built_at"].endswith("+00:00")
     vectors = np.load(folder / "vectors.npy")
     assert vectors.dtype == np.float32 and vectors.shape == (320, 384)
     assert np.linalg.norm(vectors, axis=1) == pytest.approx(np.ones(320), abs=1e-5)
