@@ -115,3 +115,21 @@ def test_an_entity_pattern_that_does_not_compile(tmp_path):
         "FILE:5: entities.patterns: pattern of 'order_id' is not a valid regular expression"
         in message
     )
+
+
+def test_knowledge_base_paths_are_anchored_and_renamed_faq_columns_are_refused(tmp_path):
+    path = tmp_path / "p" / "kefu.yaml"
+    path.parent.mkdir()
+    faq = "faq: {format: faq, inputs: [faq.csv]}"
+    path.write_text(
+        f"kind: project\nname: p\ndata:\n  {faq}\nknowledge_base:\n  sources: [faq]\n"
+        "  documents: [help/]\n  queries: held_out.csv\n  precision: 0.95\n"
+    )
+    kb = load_config(path).knowledge_base
+    assert kb.documents == [str(tmp_path / "p" / "help/")]
+    assert kb.queries == str(tmp_path / "p" / "held_out.csv") and kb.precision == 0.95
+    renamed = "faq: {format: faq, inputs: [faq.csv], columns: {question: q}}"
+    message = check_fails(
+        tmp_path, f"kind: project\nname: p\ndata:\n  {renamed}\nknowledge_base:\n  sources: [faq]\n"
+    )
+    assert "data set 'faq' renames columns" in message
