@@ -721,7 +721,11 @@ PARTS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {"quality": quality, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1k chunks, BM25 alone at 10k")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="quality: 500 questions; speed: 1k chunks, BM25 alone at 10k",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
     parser.add_argument(

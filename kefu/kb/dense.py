@@ -30,10 +30,18 @@ class ExactSearch:
     """Every vector scored against the query; the best `k` found with a partial sort."""
 
     def __init__(self, vectors: np.ndarray) -> None:
+        import torch
+
         self.vectors = vectors  # (N, dim) float32, unit rows
+        # The product runs on torch's threads, those that have just embedded the query: numpy's
+        # BLAS threads would wake up beside them and fight them for the cores (hybrid search at
+        # 16k vectors on two cores: 28 ms a query with numpy's product, 19 ms with torch's).
+        self._matrix = torch.from_numpy(vectors)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.vectors @ query  # (N,)
+        import torch
+
+        scores = (self._matrix @ torch.from_numpy(query)).numpy()  # (N,)
         k = min(k, len(scores))
         if k == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
