@@ -834,6 +834,134 @@ def eval_kb(
     stdout.print(f"report: {(out or kb / 'eval') / 'report.md'}")
 
 
+def _store_of(project: Path, database: str | None):
+    from kefu.project import load_project
+    from kefu.serve.settings import ServeSettings
+    from kefu.store.repository import Store
+
+    settings = ServeSettings(project=str(project), database=database)
+    return Store.open(settings.database_url(load_project(project)))
+
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Store URL (sqlite:///kefu.db, postgresql://user@host/db); default: the project's.",
+    ),
+]
+
+
+def serve_command(
+    project: Annotated[Path, typer.Argument(help="A built project folder (or its kefu.yaml).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (each loads the models).")] = 1,
+    database: DatabaseOption = None,
+    new_key: Annotated[
+        bool, typer.Option(help="Create an API key (scopes chat, admin) and print it.")
+    ] = False,
+) -> None:
+    """Serve the assistant: OpenAI-compatible API, web chat page, WeChat (when configured)."""
+    import uvicorn
+
+    from kefu.serve.app import create_app
+    from kefu.serve.channels.wechat import WeChatConfig
+    from kefu.serve.settings import ServeSettings
+
+    wechat = WeChatConfig.from_env()
+    settings = ServeSettings(
+        project=str(project),
+        database=database,
+        host=host,
+        port=port,
+        workers=workers,
+        wechat=wechat,
+    )
+    if new_key:
+        store = _store_of(project, database)
+        key, _ = store.create_api_key("kefu serve --new-key", ["chat", "admin"])
+        store.close()
+    note(f"loading {project} …")
+    app = create_app(settings) if workers == 1 else None
+    url = f"http://{host}:{port}"
+    stdout.print(f"kefu is serving {project} at [bold]{url}[/] (web chat page; API at {url}/v1)")
+    if new_key:
+        stdout.print(f"API key (chat, admin; shown once): [bold]{key}[/]")
+    if wechat:
+        stdout.print(f"WeChat callback: {url}/channels/wechat")
+    if app is not None:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    else:
+        settings.to_environment()
+        uvicorn.run(
+            "kefu.serve.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+        )
+
+
+def keys_create(
+    project: Annotated[Path, typer.Argument(help="Project folder (or its kefu.yaml).")],
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. the client's name.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: chat, admin.")] = "chat",
+    rate_limit: Annotated[
+        int | None, typer.Option(help="Requests a minute; default: the project's serve limit.")
+    ] = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    store = _store_of(project, database)
+    try:
+        key, record = store.create_api_key(
+            name, [s.strip() for s in scopes.split(",") if s.strip()], rate_limit
+        )
+    finally:
+        store.close()
+    note(f"key {record.prefix}… ({', '.join(record.scopes)}) created; it is not shown again")
+    stdout.print(key)
+
+
+def keys_list(
+    project: Annotated[Path, typer.Argument(help="Project folder (or its kefu.yaml).")],
+    database: DatabaseOption = None,
+) -> None:
+    """List API keys: prefix, name, scopes, rate limit, created, revoked."""
+    store = _store_of(project, database)
+    try:
+        records = store.api_keys()
+    finally:
+        store.close()
+    table = Table("prefix", "name", "scopes", "per minute", "created", "revoked")
+    for r in records:
+        table.add_row(
+            r.prefix,
+            r.name,
+            ",".join(r.scopes),
+            str(r.rate_limit_per_minute or "default"),
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "",
+        )
+    stdout.print(table)
+
+
+def keys_revoke(
+    project: Annotated[Path, typer.Argument(help="Project folder (or its kefu.yaml).")],
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (from `kefu keys list`).")],
+    database: DatabaseOption = None,
+) -> None:
+    """Revoke an API key: requests with it get 401 from then on."""
+    store = _store_of(project, database)
+    try:
+        record = store.revoke_api_key(prefix)
+    finally:
+        store.close()
+    stdout.print(f"revoked {record.prefix}… ({record.name})")
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "init": init_command,
     "build": build_command,
@@ -856,6 +984,10 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "kb search": kb_search,
     "kb calibrate": kb_calibrate,
     "eval kb": eval_kb,
+    "serve": serve_command,
+    "keys create": keys_create,
+    "keys list": keys_list,
+    "keys revoke": keys_revoke,
 }
 GROUPS = {
     "config": "Validate project files and recipes.",
@@ -865,6 +997,7 @@ GROUPS = {
     "export": "Export trained models to other formats.",
     "eval": "Evaluate trained models on held-out data.",
     "kb": "Build and search knowledge bases (FAQ, documents, record databases).",
+    "keys": "API keys of the server (stored hashed).",
 }
 
 

@@ -201,12 +201,126 @@ class EntitiesConfig(StrictModel):
         return value
 
 
+class IntentsConfig(StrictModel):
+    """The intent models `kefu build` trains: one per customer language (or one for all)."""
+
+    data: str = Field(description="The data set (format `intents`) to train on.")
+    recipes: dict[Language | Literal["all"], str] = Field(
+        min_length=1,
+        description="Language → intent recipe (`kind: intent`); `all`: one model for every "
+        "language. A message goes to the model of its language.",
+    )
+
+    @field_validator("recipes")
+    @classmethod
+    def _resolve_recipes(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if "all" in value and len(value) > 1:
+            raise ValueError("`all` is one model for every language; give it alone")
+        return {language: resolve_path(path, info) for language, path in value.items()}
+
+
+class GeneratorConfig(StrictModel):
+    """The model that answers what the FAQ cannot: trained by `kefu build` from a recipe."""
+
+    data: str = Field(description="The conversation data set (format with messages) to train on.")
+    recipe: str = Field(description="A training recipe (`kind: train`, task chat).")
+
+    @field_validator("recipe")
+    @classmethod
+    def _resolve_recipe(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_path(value, info)
+
+
+DEFAULT_HANDOFF_PHRASES: dict[str, list[str]] = {
+    "en": [
+        "agent",
+        "human",
+        "a person",
+        "real person",
+        "representative",
+        "operator",
+        "speak to someone",
+        "talk to someone",
+    ],
+    "zh": ["转人工", "人工客服", "人工服务", "真人", "找人工", "客服人员"],
+}
+DEFAULT_HANDOFF_MESSAGE: dict[str, str] = {
+    "en": "I'm passing you to a colleague, who will reply here shortly.",
+    "zh": "正在为您转接人工客服，请稍候，同事会在这里回复您。",
+}
+
+
+class HandoffConfig(StrictModel):
+    """When a conversation goes to a person instead of the machine."""
+
+    phrases: dict[Language, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_HANDOFF_PHRASES.items()},
+        description="Words or phrases that ask for a person (whole words in English).",
+    )
+    low_confidence_turns: int = Field(
+        2, ge=1, description="Hand off after this many low-confidence answers in a row."
+    )
+    max_turns: int = Field(
+        20, ge=1, description="Hand off when a conversation reaches this many customer messages."
+    )
+    anger: float = Field(
+        2.0, gt=0, description="Hand off at this anger score (lexicon-based; see sentiment.py)."
+    )
+    message: dict[Language, str] = Field(
+        default_factory=lambda: dict(DEFAULT_HANDOFF_MESSAGE),
+        description="What the customer is told when handed off.",
+    )
+
+
 class AssistantConfig(StrictModel):
-    """How the assistant presents itself to customers."""
+    """How the assistant presents itself to customers and decides who answers."""
 
     name: str = Field("Assistant", description="Name shown on the chat page.")
     greeting: dict[Language, str] = Field(
         default_factory=dict, description="First message per language."
+    )
+    system: str = Field(
+        "You are a polite customer-service assistant. Answer from the passages when they help.",
+        description="The generator's system message; the retrieved passages follow it.",
+    )
+    passages: int = Field(3, ge=0, description="Knowledge-base passages given to the generator.")
+    max_new_tokens: int = Field(96, ge=1, description="Longest generated reply, in tokens.")
+    temperature: float = Field(0.7, ge=0, description="Generator temperature (0: greedy).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Generator nucleus sampling.")
+    repetition_penalty: float = Field(1.2, ge=1, description="Generator repetition penalty.")
+    no_answer: dict[Language, str] = Field(
+        default_factory=lambda: {
+            "en": "Sorry, I don't know the answer to that. Could you put it another way, or "
+            "ask for a colleague?",
+            "zh": "抱歉，这个问题我暂时无法回答。您可以换个说法，或者输入“转人工”联系人工客服。",
+        },
+        description="Said when the generator produces nothing.",
+    )
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig, description="Hand-off rules.")
+
+
+class ServeConfig(StrictModel):
+    """How `kefu serve` exposes the assistant."""
+
+    database: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the conversation store (sqlite:///… or postgresql://…); "
+        "none: SQLite at <build_dir>/kefu.db. `kefu serve --db` overrides it.",
+    )
+    anonymous_chat: bool = Field(
+        True,
+        description="Let the public web page chat without an API key (rate-limited per client "
+        "address); false: every chat request needs a key with scope chat.",
+    )
+    rate_limit_per_minute: int = Field(
+        60, ge=1, description="Requests a minute per API key (or per address without a key)."
+    )
+    max_body_bytes: int = Field(
+        65536, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Other web origins allowed to call the API from a browser.",
     )
 
 
@@ -226,7 +340,12 @@ class ProjectConfig(StrictModel):
     entities: EntitiesConfig = Field(
         default_factory=EntitiesConfig, description="Company-specific entities."
     )
-    assistant: AssistantConfig = Field(default_factory=AssistantConfig, description="Persona.")
+    intents: IntentsConfig | None = Field(None, description="Intent models to train.")
+    generator: GeneratorConfig | None = Field(None, description="The generator to train.")
+    assistant: AssistantConfig = Field(
+        default_factory=AssistantConfig, description="Persona and hand-off policy."
+    )
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The server.")
 
     @field_validator("build_dir")
     @classmethod
@@ -238,6 +357,8 @@ class ProjectConfig(StrictModel):
         for section, names in (
             ("tokenizer.data", self.tokenizer.data),
             ("knowledge_base.sources", self.knowledge_base.sources),
+            ("intents.data", [self.intents.data] if self.intents else []),
+            ("generator.data", [self.generator.data] if self.generator else []),
         ):
             for name in names:
                 if name not in self.data:
@@ -245,6 +366,11 @@ class ProjectConfig(StrictModel):
                         f"{section} names data set {name!r}, which is not under `data`; "
                         f"defined data sets: {', '.join(self.data) or 'none'}"
                     )
+        if self.intents and self.data[self.intents.data].format != "intents":
+            raise ValueError(
+                f"intents.data: data set {self.intents.data!r} has format "
+                f"{self.data[self.intents.data].format!r}; intent models train on format 'intents'"
+            )
         for name in self.knowledge_base.sources:
             if self.data[name].format != "faq":
                 raise ValueError(

@@ -1,7 +1,8 @@
 """A kefu project: a folder with `kefu.yaml`. `kefu init` writes one; `kefu build` builds it.
 
-`build` ingests every data set, trains the tokenizer, and builds and calibrates the knowledge
-base into the project's build folder. Each
+`build` ingests every data set, trains the tokenizer, builds and calibrates the knowledge base,
+trains the intent models (one per language) and the generator, all into the project's build
+folder — everything `kefu serve` loads. Each
 step records a fingerprint of what it was made from (its config and the bytes of its inputs) in
 `build/state.json` and is skipped on the next run when nothing changed, so a second `make run`
 takes seconds.
@@ -48,6 +49,8 @@ class BuildResult:
     data: dict[str, Path] = field(default_factory=dict)
     tokenizer: Path | None = None
     kb: Path | None = None
+    intents: dict[str, Path] = field(default_factory=dict)
+    generator: Path | None = None
     rebuilt: list[str] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
 
@@ -134,7 +137,94 @@ def build(project: str | Path, force: bool = False) -> BuildResult:
         )
         step("kb", fingerprint, kb_folder / "manifest.json", make)
         result.kb = kb_folder
+
+    if config.intents:
+        for language, recipe_path in config.intents.recipes.items():
+            folder = result.build_dir / "intents" / language
+            data_name = config.intents.data
+            fingerprint = _fingerprint(
+                language, [Path(recipe_path)], parts=[state[f"data/{data_name}"]]
+            )
+            make = partial(
+                build_intent_model, result.data[data_name], language, Path(recipe_path), folder
+            )
+            step(f"intents/{language}", fingerprint, folder / "model" / "config.json", make)
+            result.intents[language] = folder / "model"
+
+    if config.generator:
+        folder = result.build_dir / "generator"
+        data_name = config.generator.data
+        fingerprint = _fingerprint(
+            "generator",
+            [Path(config.generator.recipe)],
+            parts=[state[f"data/{data_name}"], state["tokenizer"]],
+        )
+        make = partial(
+            build_generator,
+            result.data[data_name],
+            tokenizer_path,
+            Path(config.generator.recipe),
+            folder,
+        )
+        step("generator", fingerprint, folder / "model.safetensors", make)
+        result.generator = folder
     return result
+
+
+def build_intent_model(data: Path, language: str, recipe_path: Path, folder: Path) -> None:
+    """Train the intent model of one language (`all`: every language) into `folder`/model."""
+    from kefu.nlu.intent import train_intent
+
+    recipe = load_config(recipe_path, kind="intent")
+    split_dir = data if language == "all" else _language_splits(data, language, folder / "data")
+    shutil.rmtree(folder / "model", ignore_errors=True)
+    note(f"training the {language} intent model ({recipe.model}, {recipe_path.name})")
+    _, summary = train_intent(split_dir, folder / "model", recipe)
+    note(
+        f"{language} intent model: {summary['labels']} intents from {summary['train_examples']} "
+        f"examples; out of scope below confidence {summary['threshold']:.2f}"
+    )
+
+
+def _language_splits(data: Path, language: str, out: Path) -> Path:
+    """Copy the records of one language out of each split file of an ingested data set."""
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for split in ("train", "valid", "test"):
+        source = data / f"{split}.jsonl"
+        if not source.exists():
+            continue
+        lines = [
+            line
+            for line in source.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("language") == language
+        ]
+        if split == "train" and not lines:
+            raise KefuError(
+                f"{source}: no training utterances in language {language!r}; remove "
+                f"`intents.recipes.{language}` from kefu.yaml or add {language} utterances"
+            )
+        write_text_atomically(out / f"{split}.jsonl", "".join(f"{line}\n" for line in lines))
+        counts[split] = len(lines)
+    stats = {"kind": "intents", "language": language, "taken_from": str(data), "records": counts}
+    write_text_atomically(out / "stats.json", json.dumps(stats, indent=2) + "\n")
+    return out
+
+
+def build_generator(data: Path, tokenizer: Path, recipe_path: Path, folder: Path) -> None:
+    """Train the generator from its recipe on the project's conversations and tokenizer."""
+    from kefu.train.run import run_training
+
+    recipe = load_config(recipe_path, kind="train").model_copy(
+        update={"data": str(data), "tokenizer": str(tokenizer)}
+    )
+    shutil.rmtree(folder, ignore_errors=True)  # a run folder refuses to be trained over
+    limit = recipe.train.time_limit_minutes
+    note(
+        f"training the generator ({recipe.arch}, {recipe_path.name})"
+        + (f", at most {limit:g} minutes" if limit else "")
+    )
+    run_training(recipe, folder)
 
 
 def _files_under(paths: list[Path]) -> list[Path]:

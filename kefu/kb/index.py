@@ -158,6 +158,11 @@ def _text_key(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def _question_key(text: str) -> str:
+    """A question as it is compared for an exact match: case, spaces and punctuation ignored."""
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
 def _suits(text: str, languages: list[str]) -> bool:
     """Whether the encoder suits a text: its language is one of `languages` or unknown."""
     found = language(text)
@@ -339,6 +344,16 @@ class KnowledgeBase:
         # A chunk's texts are consecutive rows, so per-chunk maxima are one reduceat.
         self.chunk_starts = np.searchsorted(self.row_chunk, np.arange(len(chunks)))
         self.calibration = calibration
+        # A customer who asks exactly an FAQ question (or a listed paraphrase) gets its entry
+        # whatever the scores say: held-out paraphrases, which the calibration is fitted on,
+        # never tell it how sure an exact match is.
+        self.exact_questions = {
+            _question_key(text): n
+            for n, chunk in enumerate(chunks)
+            if chunk.kind == "faq"
+            for text in chunk.match_texts()
+            if _question_key(text)
+        }
         # Fusion weights tuned by `kefu kb calibrate` take precedence over the built-in ones.
         self.fusion = calibration.fusion if calibration else self.config.fusion
 
@@ -439,16 +454,24 @@ class KnowledgeBase:
 
         `confident` is whether the assistant may answer straight from the first hit: its
         confidence reaches the threshold calibrated for the target precision (never, when the
-        knowledge base has not been calibrated: `kefu kb calibrate`).
+        knowledge base has not been calibrated: `kefu kb calibrate`), or the query is exactly
+        one of the FAQ's questions or paraphrases (confidence 1).
         """
         fusion = fusion or self.fusion
         rankings = self.rankings(query, max(fusion.candidates, k))
         fused = fuse(rankings, fusion)
+        exact = self.exact_questions.get(_question_key(query))
         best = list(fused)[:k]
+        if exact is not None:
+            best = [exact, *(n for n in best if n != exact)][:k]
         hits = [
-            Hit(rank, self.chunks[n], fused[n], rankings.bm25.get(n), rankings.dense.get(n))
+            Hit(
+                rank, self.chunks[n], fused.get(n, 0.0), rankings.bm25.get(n), rankings.dense.get(n)
+            )
             for rank, n in enumerate(best, start=1)
         ]
+        if exact is not None:
+            return Lookup(hits, 1.0, True)
         if self.calibration is None or not hits:
             return Lookup(hits, None, False)
         confidence = self.calibration.confidence(rankings, best[0])

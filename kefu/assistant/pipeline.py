@@ -1,0 +1,258 @@
+"""The assistant pipeline: a customer's message in, a decision and its answer out.
+
+    message → normalise → language → intent (that language's model) + entities + anger
+            → knowledge base lookup (hits + calibrated confidence)
+            → policy.decide → FAQ answer with its citation | generated reply | hand-off
+
+`Assistant.turn` does everything up to the decision and returns a `Turn`; the answer comes from
+`Turn.reply` (FAQ and hand-off: ready at once) or by iterating `Assistant.generate(turn, ...)`
+(the generator streams). The server stores the customer's message before calling `turn`, and
+the answer with the turn's record after, so nothing here touches the database.
+
+Everything is loaded once from the project's build folder (`kefu build` writes it): intent
+models per language, the knowledge base, the generator and its tokenizer. What is missing is
+left out and said so, except that an assistant needs at least a knowledge base or a generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kefu.assistant.policy import ConversationState, Decision, Understanding, decide
+from kefu.assistant.sentiment import anger
+from kefu.config import ProjectConfig
+from kefu.data.normalise import count_scripts, language_of, normalise_text
+from kefu.errors import KefuError
+from kefu.infer.generate import SamplingConfig, stream
+from kefu.kb.index import Hit, KnowledgeBase
+from kefu.nlu.entities import EntityExtractor
+from kefu.nlu.intent import IntentClassifier, load_classifier
+
+
+@dataclass
+class Turn:
+    """One decided turn: what was understood, the decision, and the answer when it is fixed."""
+
+    understood: Understanding
+    decision: Decision
+    reply: str | None  # None: the generator answers (Assistant.generate)
+    prompt: list[int] | None = None
+
+    @property
+    def route(self) -> str:
+        return self.decision.route
+
+    def sources(self) -> list[dict[str, Any]]:
+        """The cited entries: for an FAQ answer its entry; for a generated one the passages."""
+        hits = self.decision.hits[:1] if self.route == "faq" else self.decision.hits
+        return [source_of(hit) for hit in hits] if self.route != "handoff" else []
+
+
+def source_of(hit: Hit) -> dict[str, Any]:
+    return {"id": hit.id, "title": hit.title, "url": hit.url or None, "snippet": hit.snippet()}
+
+
+def _version(path: Path) -> str:
+    """A short fingerprint of a model file, so every stored turn names the exact model."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+@dataclass
+class Assistant:
+    """The loaded models of a project and the turn logic over them."""
+
+    config: ProjectConfig
+    intents: dict[str, IntentClassifier] = field(default_factory=dict)
+    knowledge_base: KnowledgeBase | None = None
+    generator: Any = None  # a LoadedRun (model + tokenizer)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.entities = EntityExtractor(self.config.entities.patterns)
+        # torch modules are not safe to run from several threads at once, and on a few cores
+        # running them one at a time is as fast; the lock also keeps the intent models' and
+        # the encoder's thread pools from fighting.
+        self.model_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, config: ProjectConfig) -> Assistant:
+        """Load what `kefu build` made for this project."""
+        from kefu.models.checkpoint import load_run
+
+        build = Path(config.build_dir)
+        assistant = cls(config)
+        for language in config.intents.recipes if config.intents else []:
+            folder = build / "intents" / language / "model"
+            if not (folder / "config.json").exists():
+                raise KefuError(f"{folder}: intent model not built; run `kefu build` first")
+            assistant.intents[language] = load_classifier(folder)
+            assistant.versions[f"intent/{language}"] = _version(folder / "model.safetensors")
+        kb_folder = build / "kb"
+        if (kb_folder / "manifest.json").exists():
+            assistant.knowledge_base = KnowledgeBase.load(kb_folder)
+            assistant.versions["kb"] = _version(kb_folder / "manifest.json")
+        generator = build / "generator"
+        if config.generator:
+            if not (generator / "model.safetensors").exists():
+                raise KefuError(f"{generator}: generator not built; run `kefu build` first")
+            assistant.generator = load_run(generator)
+            assistant.versions["generator"] = _version(generator / "model.safetensors")
+        if assistant.knowledge_base is None and assistant.generator is None:
+            raise KefuError(
+                f"{build} has neither a knowledge base nor a generator; configure "
+                "`knowledge_base:` or `generator:` in kefu.yaml and run `kefu build`"
+            )
+        return assistant
+
+    @property
+    def name(self) -> str:
+        """The model name clients ask for (`model` in the OpenAI API)."""
+        return self.config.name
+
+    def greeting(self, language: str | None = None) -> str:
+        greetings = self.config.assistant.greeting
+        return greetings.get(language or self.config.languages[0]) or next(
+            iter(greetings.values()), f"Hello, this is {self.config.assistant.name}."
+        )
+
+    def language(self, text: str) -> str:
+        language = language_of(*count_scripts(text))
+        return language if language in ("en", "zh") else self.config.languages[0]
+
+    def understand(self, text: str) -> Understanding:
+        text = normalise_text(text)
+        language = self.language(text)
+        model = self.intents.get(language) or self.intents.get("all")
+        intent = confidence = None
+        if model is not None:
+            with self.model_lock:
+                [prediction] = model.predict([text], top_k=1)
+            intent, confidence = prediction.label, prediction.confidence
+        entities = [entity.to_json() for entity in self.entities(text)]
+        return Understanding(text, language, intent, confidence, entities, anger(text))
+
+    def turn(self, text: str, history: list[dict[str, str]], state: ConversationState) -> Turn:
+        """Decide one turn.
+
+        Args:
+            text: the customer's message.
+            history: the conversation before it, oldest first ({"role", "content"}).
+            state: counts the policy needs (turns, low-confidence streak, with a person).
+        """
+        understood = self.understand(text)
+        hits, confidence, confident = [], None, False
+        if self.knowledge_base is not None:
+            with self.model_lock:
+                found = self.knowledge_base.lookup(understood.text, k=max(3, self.passages))
+            hits, confidence, confident = found.hits, found.confidence, found.confident
+        decision = decide(
+            understood,
+            state,
+            hits,
+            confidence,
+            confident,
+            self.config.assistant.handoff,
+            self.generator is not None,
+        )
+        if decision.route == "faq":
+            return Turn(understood, decision, hits[0].chunk.text)
+        if decision.route == "handoff":
+            return Turn(understood, decision, self.handoff_message(understood.language))
+        prompt = self.prompt(history, understood.text, hits[: self.passages])
+        return Turn(understood, decision, None, prompt)
+
+    @property
+    def passages(self) -> int:
+        return self.config.assistant.passages
+
+    def handoff_message(self, language: str) -> str:
+        messages = self.config.assistant.handoff.message
+        return messages.get(language) or next(iter(messages.values()))
+
+    def sampling(
+        self,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> SamplingConfig:
+        """The project's sampling settings with a request's overrides."""
+        settings = self.config.assistant
+        return SamplingConfig(
+            max_new_tokens=max_tokens or settings.max_new_tokens,
+            temperature=settings.temperature if temperature is None else temperature,
+            top_p=settings.top_p if top_p is None else top_p,
+            repetition_penalty=settings.repetition_penalty,
+            stop=stop or [],
+            seed=seed,
+        )
+
+    def context_length(self) -> int | None:
+        model = self.generator.model
+        return model.config.context_length if self.generator.arch == "gpt" else None
+
+    def prompt(self, history: list[dict[str, str]], text: str, hits: list[Hit]) -> list[int]:
+        """The generator's prompt: system message and passages, the history, the message.
+
+        It must leave room for the reply in the model's context, so the oldest exchanges go
+        first, then the passages from the last; the message itself is cut to its end if even
+        it alone is too long (a customer's essay must not break the turn).
+        """
+        tokenizer = self.generator.tokenizer
+        limit = self.context_length()
+        budget = None if limit is None else limit - self.config.assistant.max_new_tokens
+        history = [m for m in history if m["role"] in ("user", "assistant")]
+        while True:
+            system = self.config.assistant.system
+            if hits:
+                system += "\n" + "\n".join(
+                    f"[{n}] {hit.title}: {hit.snippet(300)}" for n, hit in enumerate(hits, 1)
+                )
+            messages = [
+                {"role": "system", "content": system},
+                *history,
+                {"role": "user", "content": text},
+            ]
+            ids = tokenizer.render(messages, add_generation_prompt=True).ids
+            if budget is None or len(ids) <= budget:
+                return ids
+            if history:
+                history = history[2:] if len(history) > 1 else []
+            elif hits:
+                hits = hits[:-1]
+            else:
+                text = text[len(text) // 4 :]  # keep the end: the question is usually last
+
+    def generate(self, turn: Turn, sampling: SamplingConfig) -> Iterator[str]:
+        """Stream the generator's reply to a turn routed to it, piece by piece; a generator that
+        says nothing (it may end its turn at once) is replaced by the project's `no_answer`."""
+        if turn.prompt is None:
+            raise KefuError(f"this turn was routed to {turn.route}, not to the generator")
+        pieces = stream(self.generator.model, self.generator.tokenizer, turn.prompt, sampling)
+        said = False
+        while True:
+            with self.model_lock:
+                piece = next(pieces, None)
+            if piece is None:
+                break
+            said = said or bool(piece.strip())
+            yield piece
+        if not said:
+            messages = self.config.assistant.no_answer
+            yield messages.get(turn.understood.language) or next(iter(messages.values()))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the generator's tokenizer (usage figures); words without one."""
+        if self.generator is None:
+            return len(text.split())
+        return len(self.generator.tokenizer.encode(text))

@@ -1,0 +1,291 @@
+"""The OpenAI-compatible API over loopback, with the official `openai` client and httpx."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import openai
+import pytest
+
+from tests.serve.conftest import FAQ_EN, FAQ_ZH, LiveServer
+
+MODEL = "acme_bank"
+
+
+def client_for(server: LiveServer, scopes=("chat",)) -> openai.OpenAI:
+    key, _ = server.store.create_api_key("tests", list(scopes))
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def test_an_faq_question_is_answered_from_the_faq_and_stored(server: LiveServer) -> None:
+    client = client_for(server)
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": FAQ_EN}]
+    )
+    kefu = response.model_extra["kefu"]
+    assert kefu["route"] == "faq" and kefu["sources"][0]["id"] == "lost-card-en"
+    assert kefu["sources"][0]["url"] == "https://www.acmebank.example/help/lost-card"
+    assert response.choices[0].message.content.startswith("Please freeze your card straight away")
+    assert response.choices[0].finish_reason == "stop"
+    usage = response.usage
+    assert (
+        usage.completion_tokens > 10
+        and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    )
+
+    stored = server.store.conversation(kefu["conversation_id"])
+    assert [m.role for m in stored.messages] == ["user", "assistant"]
+    assert stored.messages[0].text == FAQ_EN
+    answer = stored.messages[1]
+    assert answer.id == kefu["message_id"] and answer.route == "faq"
+    assert answer.sources[0]["id"] == "lost-card-en" and "confidence" in answer.reason
+    assert set(answer.model_versions) == {"intent/en", "intent/zh", "kb", "generator"}
+
+
+def test_chinese_is_answered_from_the_chinese_faq(server: LiveServer) -> None:
+    response = client_for(server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": FAQ_ZH}]
+    )
+    kefu = response.model_extra["kefu"]
+    assert (kefu["route"], kefu["language"], kefu["sources"][0]["id"]) == (
+        "faq",
+        "zh",
+        "lost-card-zh",
+    )
+    assert "冻结" in response.choices[0].message.content
+
+
+def test_streaming_gives_the_stored_answer_piece_by_piece(server: LiveServer) -> None:
+    client = client_for(server)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me something about your savings products"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    first, last = chunks[0].model_extra["kefu"], chunks[-2].model_extra["kefu"]
+    assert first["route"] == "generator" and "message_id" not in first
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) > 1, "a generated answer arrives in more than one piece"
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
+    stored = server.store.message(last["message_id"])
+    assert stored.text == "".join(pieces) and stored.route == "generator"
+    assert stored.tokens == chunks[-1].usage.completion_tokens
+
+
+def test_a_conversation_continues_by_its_id(server: LiveServer) -> None:
+    client = client_for(server)
+    first = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": FAQ_EN}]
+    )
+    conversation_id = first.model_extra["kefu"]["conversation_id"]
+    second = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "转人工"}],
+        extra_body={"kefu": {"conversation_id": conversation_id}},
+    )
+    kefu = second.model_extra["kefu"]
+    assert kefu["conversation_id"] == conversation_id and kefu["route"] == "handoff"
+    assert second.choices[0].message.content.startswith("正在为您转接人工客服")
+    stored = server.store.conversation(conversation_id)
+    assert [m.role for m in stored.messages] == ["user", "assistant", "user", "assistant"]
+    assert stored.status == "handoff"
+    [queued] = server.store.handoffs("queued")
+    assert queued.conversation_id == conversation_id and "转人工" in queued.reason
+
+
+def test_history_sent_with_a_new_conversation_is_stored_with_it(server: LiveServer) -> None:
+    response = client_for(server).chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": FAQ_EN},
+        ],
+    )
+    stored = server.store.conversation(response.model_extra["kefu"]["conversation_id"])
+    assert [m.role for m in stored.messages] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_models_lists_the_assistant(server: LiveServer) -> None:
+    models = client_for(server).models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].model_extra["kefu"]["assistant"] == "Acme Bank Assistant"
+
+
+BAD_REQUESTS = [
+    # (body, status, code or words in the message)
+    (b'{"model": "acme_bank", "messages": [', 400, "not valid JSON"),
+    (b"[1, 2]", 400, "invalid request"),
+    (json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}), 404, "model_not_found"),
+    (json.dumps({"model": MODEL, "messages": []}), 400, "messages"),
+    (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "   "}]}), 400, "invalid_messages"),
+    (json.dumps({"model": MODEL, "messages": [{"role": "assistant", "content": "hi"}]}), 400, "invalid_messages"),
+    (json.dumps({"model": MODEL, "n": 2, "messages": [{"role": "user", "content": "hi"}]}), 400, "n"),
+    (json.dumps({"model": MODEL, "temperature": 7, "messages": [{"role": "user", "content": "hi"}]}), 400, "temperature"),
+    (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "kefu": {"conversation_id": "nope"}}), 404, "conversation_not_found"),
+    (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 9000}]}), 413, "body_too_large"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "status", "expected"), BAD_REQUESTS)
+def test_bad_requests_get_a_json_error_and_store_nothing(
+    sqlite_server: LiveServer, body, status: int, expected: str
+) -> None:
+    with sqlite_server.client() as http:
+        response = http.post(
+            "/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/json", "x-request-id": "test-req-1"},
+        )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert expected in (error["code"] or "") + error["message"] + (error["param"] or "")
+    assert error["request_id"] == "test-req-1" == response.headers["x-request-id"]
+    assert sqlite_server.store.count_messages() == 0
+
+
+def test_a_body_streamed_without_length_is_cut_at_the_limit(sqlite_server: LiveServer) -> None:
+    def body():
+        yield b'{"model": "acme_bank", "messages": [{"role": "user", "content": "'
+        for _ in range(20):
+            yield b"y" * 1000
+        yield b'"}]}'
+
+    with sqlite_server.client() as http:
+        response = http.post("/v1/chat/completions", content=body())
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    assert sqlite_server.store.count_messages() == 0
+
+
+def test_unknown_endpoints_and_methods_get_json_errors(sqlite_server: LiveServer) -> None:
+    with sqlite_server.client() as http:
+        missing = http.get("/v1/nothing")
+        wrong = http.get("/v1/chat/completions")
+    assert missing.status_code == 404 and "no such endpoint" in missing.json()["error"]["message"]
+    assert wrong.status_code == 405 and wrong.json()["error"]["message"]
+
+
+def test_feedback_is_stored_and_checked(server: LiveServer) -> None:
+    client = client_for(server)
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": FAQ_EN}]
+    )
+    message_id = answer.model_extra["kefu"]["message_id"]
+    with server.client() as http:
+        ok = http.post(
+            "/v1/feedback", json={"message_id": message_id, "rating": -1, "comment": "too long"}
+        )
+        unknown = http.post("/v1/feedback", json={"message_id": 10**9, "rating": 1})
+        bad = http.post("/v1/feedback", json={"message_id": message_id, "rating": 5})
+    assert ok.status_code == 200 and ok.json()["rating"] == -1
+    [stored] = server.store.feedback(message_id)
+    assert (stored.rating, stored.comment) == (-1, "too long")
+    assert unknown.status_code == 404 and bad.status_code == 400
+    assert "rating" in bad.json()["error"]["message"]
+
+
+def test_the_handoff_queue_needs_admin_and_moves_claimed_to_resolved(server: LiveServer) -> None:
+    chat = client_for(server)
+    answer = chat.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": FAQ_EN}]
+    )
+    conversation_id = answer.model_extra["kefu"]["conversation_id"]
+    admin_key, _ = server.store.create_api_key("agent desk", ["admin"])
+    admin = {"authorization": f"Bearer {admin_key}"}
+    with server.client() as http:
+        pressed = http.post("/v1/handoffs/request", json={"conversation_id": conversation_id})
+        assert pressed.status_code == 200 and pressed.json()["message"].startswith(
+            "I'm passing you"
+        )
+        assert http.get("/v1/handoffs").status_code == 401
+        chat_only = {"authorization": f"Bearer {chat.api_key}"}
+        assert http.get("/v1/handoffs", headers=chat_only).status_code == 403
+        [queued] = http.get("/v1/handoffs", params={"status": "queued"}, headers=admin).json()[
+            "data"
+        ]
+        assert queued["conversation_id"] == conversation_id
+        claimed = http.post(
+            f"/v1/handoffs/{queued['id']}/claim", json={"agent": "ann"}, headers=admin
+        )
+        again = http.post(
+            f"/v1/handoffs/{queued['id']}/claim", json={"agent": "bob"}, headers=admin
+        )
+        resolved = http.post(
+            f"/v1/handoffs/{queued['id']}/resolve",
+            json={"agent": "ann", "note": "done"},
+            headers=admin,
+        )
+    assert claimed.json()["status"] == "claimed" and claimed.json()["agent"] == "ann"
+    assert again.status_code == 409 and "ann" in again.json()["error"]["message"]
+    assert resolved.json()["status"] == "resolved"
+    assert server.store.conversation(conversation_id).status == "open"
+
+
+def test_keys_scopes_and_rate_limits(sqlite_server: LiveServer) -> None:
+    store = sqlite_server.store
+    limited, _ = store.create_api_key("slow client", ["chat"], rate_limit_per_minute=2)
+    revoked, record = store.create_api_key("old", ["chat"])
+    store.revoke_api_key(record.prefix)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": FAQ_EN}]}
+    with sqlite_server.client() as http:
+        codes = [
+            http.post(
+                "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {limited}"}
+            )
+            for _ in range(3)
+        ]
+        gone = http.post(
+            "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {revoked}"}
+        )
+        malformed = http.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Basic abc"}
+        )
+    assert [r.status_code for r in codes] == [200, 200, 429]
+    assert int(codes[2].headers["retry-after"]) >= 1
+    assert codes[2].json()["error"]["type"] == "rate_limit_error"
+    assert gone.status_code == 401 and "revoked" in gone.json()["error"]["message"]
+    assert malformed.status_code == 401
+    assert store.count_messages("user") == 2
+
+
+def test_health_readiness_and_metrics(sqlite_server: LiveServer) -> None:
+    client = client_for(sqlite_server)
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": FAQ_EN}])
+    client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "human please"}]
+    )
+    with sqlite_server.client() as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/readyz").json()["status"] == "ready"
+        metrics = http.get("/metrics").text
+    assert 'kefu_turns_total{route="faq"} 1.0' in metrics
+    assert 'kefu_handoffs_total{trigger="requested"} 1.0' in metrics
+    assert (
+        'kefu_http_requests_total{method="POST",path="/v1/chat/completions",status="200"} 2.0'
+        in metrics
+    )
+    assert 'kefu_model_info{kind="generator"' in metrics
+    assert "kefu_turn_seconds_bucket" in metrics
+
+
+def test_personal_data_is_redacted_in_the_store_copy_and_the_log(
+    sqlite_server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = "My card 4111 1111 1111 1111 is lost, call me on 13812345678"
+    with caplog.at_level(logging.INFO, logger="kefu.serve"):
+        response = client_for(sqlite_server).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": text}]
+        )
+    stored = sqlite_server.store.conversation(response.model_extra["kefu"]["conversation_id"])
+    assert stored.messages[0].text == text
+    redacted = stored.messages[0].redacted_text
+    assert "4111" not in redacted and "13812345678" not in redacted
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "customer said" in logged and "13812345678" not in logged and "4111 1111" not in logged
