@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## the virtual environment with kefu and its tools
 
-run: install  ## build the demo assistant from examples/acme_bank (reuses what is up to date)
-	$(BIN)/kefu build $(DEMO)
+run: install  ## build the demo assistant (reusing what is up to date) and serve it at http://127.0.0.1:8000
+	HF_HUB_OFFLINE=1 $(BIN)/kefu build $(DEMO)
+	HF_HUB_OFFLINE=1 $(BIN)/kefu serve $(DEMO) --host 127.0.0.1 --port 8000 --new-key
 
 test: install  ## the whole test suite, slow tests included (as CI runs it)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 tests

@@ -186,10 +186,11 @@ class Assistant:
         stop: list[str] | None = None,
         seed: int | None = None,
     ) -> SamplingConfig:
-        """The project's sampling settings with a request's overrides."""
+        """The project's sampling settings with a request's overrides; the project's
+        `max_new_tokens` caps a request's (the prompt left room for that many)."""
         settings = self.config.assistant
         return SamplingConfig(
-            max_new_tokens=max_tokens or settings.max_new_tokens,
+            max_new_tokens=min(max_tokens or settings.max_new_tokens, settings.max_new_tokens),
             temperature=settings.temperature if temperature is None else temperature,
             top_p=settings.top_p if top_p is None else top_p,
             repetition_penalty=settings.repetition_penalty,

@@ -147,3 +147,17 @@ def test_a_folder_that_is_not_a_knowledge_base_is_never_replaced(write, tmp_path
 def test_the_encoder_folder_can_be_given_again_where_the_base_is_loaded(acme):
     kb = KnowledgeBase.load(acme[0], encoder="/opt/models/minilm")
     assert kb.config.encoder == "/opt/models/minilm"
+
+
+def test_an_exact_faq_question_is_answered_with_full_confidence(acme):
+    kb = KnowledgeBase.load(acme[0])  # uncalibrated: nothing else is ever confident
+    assert kb.lookup("my bank card has gone missing").confident is False
+    # Case, spaces and punctuation do not matter; a paraphrase listed in the FAQ counts too.
+    for question, entry in [
+        ("i lost my debit card what should i do", "lost-card-en"),
+        ("银行卡丢了怎么办", "lost-card-zh"),
+        ("Someone stole my card!", "stolen-card-en"),
+    ]:
+        found = kb.lookup(question, k=3)
+        assert (found.hits[0].id, found.confidence, found.confident) == (entry, 1.0, True)
+        assert len({hit.id for hit in found.hits}) == 3
