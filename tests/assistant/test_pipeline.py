@@ -1,0 +1,59 @@
+"""The assistant on the small demo: routes, reasons, languages, prompts that fit."""
+
+from kefu.assistant.policy import ConversationState
+from tests.conftest import FAQ_EN, FAQ_ZH
+
+
+def test_an_faq_question_takes_the_faq_route_with_its_citation(assistant) -> None:
+    turn = assistant.turn(FAQ_EN, [], ConversationState())
+    assert turn.route == "faq" and turn.reply.startswith("Please freeze your card")
+    assert turn.sources() == [
+        {
+            "id": "lost-card-en",
+            "title": FAQ_EN,
+            "url": "https://www.acmebank.example/help/lost-card",
+            "snippet": turn.decision.hits[0].snippet(),
+        }
+    ]
+    assert turn.understood.intent == "card_lost_or_stolen"
+    zh = assistant.turn(FAQ_ZH, [], ConversationState())
+    assert (zh.route, zh.understood.language, zh.sources()[0]["id"]) == (
+        "faq",
+        "zh",
+        "lost-card-zh",
+    )
+
+
+def test_each_language_goes_to_its_own_intent_model(assistant) -> None:
+    assert set(assistant.intents) == {"en", "zh"}
+    en = assistant.understand("my new card hasn't arrived yet")
+    zh = assistant.understand("补办的卡还没收到")
+    assert (en.language, zh.language) == ("en", "zh")
+    assert en.intent == "card_delivery" and zh.intent == "card_delivery"
+
+
+def test_entities_and_anger_are_part_of_what_is_understood(assistant) -> None:
+    understood = assistant.understand("This is ridiculous!!! Where is transfer TX-20240312-0087?")
+    assert {"type": "transaction_id"}.items() <= understood.entities[0].items()
+    assert understood.anger >= 2
+    assert assistant.turn(understood.text, [], ConversationState()).route == "handoff"
+
+
+def test_the_generators_prompt_always_leaves_room_for_the_reply(assistant) -> None:
+    history = []
+    for n in range(40):  # far more history than a 128-token context holds
+        history += [
+            {"role": "user", "content": f"question number {n} about my savings account"},
+            {"role": "assistant", "content": f"answer number {n}: it pays interest monthly"},
+        ]
+    turn = assistant.turn("and what about fees?" * 30, history, ConversationState())
+    assert turn.route == "generator"
+    budget = assistant.context_length() - assistant.config.assistant.max_new_tokens
+    assert 0 < len(turn.prompt) <= budget
+    reply = "".join(assistant.generate(turn, assistant.sampling()))
+    assert reply.strip()
+
+
+def test_every_model_version_is_named(assistant) -> None:
+    assert set(assistant.versions) == {"intent/en", "intent/zh", "kb", "generator"}
+    assert all(len(v) == 12 for v in assistant.versions.values())
