@@ -241,11 +241,11 @@ class ChatService:
     def greeting(self, language_hint: str | None = None) -> str:
         return self.assistant.greeting(language_hint)
 
-    def channel_text(self, started: Started, text: str) -> str:
-        """An answer for a plain-text channel: the FAQ's citation goes after the text."""
-        sources = started.turn.sources() if started.turn.route == "faq" else []
-        cited = [f"{s['title']} {s['url'] or ''}".strip() for s in sources]
-        return text + "".join(f"\n\n— {c}" for c in cited)
+    @staticmethod
+    def channel_text(text: str, route: str | None, sources: list[dict] | None) -> str:
+        """An answer for a plain-text channel: an FAQ answer's citation goes after the text."""
+        cited = [f"{s['title']} {s['url'] or ''}".strip() for s in sources or []]
+        return text + "".join(f"\n\n— {c}" for c in cited) if route == "faq" else text
 
     async def channel_reply(
         self,
@@ -296,14 +296,14 @@ class ChatService:
         )
         started = self.begin(request, request_id, channel_message_id, channel=channel)
         reply, *_ = self.answer(started, self.assistant.sampling())
-        return self.channel_text(started, reply)
+        return self.channel_text(reply, started.turn.route, started.turn.sources())
 
     async def _stored_reply(self, message_id: int, deadline_s: float, question: str) -> str:
         waited = 0.0
         while True:
             reply = await run_in_threadpool(self.store.reply_to, message_id)
             if reply is not None:
-                return reply.text
+                return self.channel_text(reply.text, reply.route, reply.sources)
             if waited >= deadline_s:
                 return HOLDING_REPLY[self.assistant.language(question)]
             await asyncio.sleep(0.1)

@@ -1,0 +1,1 @@
+"""Input channels: where customers' messages arrive from besides the HTTP API (WeChat, ...)."""

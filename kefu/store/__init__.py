@@ -1,0 +1,1 @@
+"""Where conversations live: SQLite (WAL) by default, PostgreSQL by URL (`repository.Store`)."""
