@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import openai
 import pytest
@@ -289,3 +290,37 @@ def test_personal_data_is_redacted_in_the_store_copy_and_the_log(
     assert "4111" not in redacted and "13812345678" not in redacted
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "customer said" in logged and "13812345678" not in logged and "4111 1111" not in logged
+
+
+def test_a_client_that_leaves_mid_stream_leaves_what_it_was_sent_stored(
+    sqlite_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = sqlite_server.app.state.service
+    real_pieces = service.pieces
+
+    def paced(started, sampling):  # the tiny test model is too fast to leave in the middle of
+        for piece in real_pieces(started, sampling):
+            time.sleep(0.05)
+            yield piece
+
+    monkeypatch.setattr(service, "pieces", paced)
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Tell me something about your savings products"}],
+    }
+    with (
+        sqlite_server.client() as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        first = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+        next(line for line in lines if line.startswith("data:"))  # one piece of the answer
+    conversation_id = first["kefu"]["conversation_id"]
+    deadline = time.monotonic() + 10
+    while len(sqlite_server.store.conversation(conversation_id).messages) < 2:
+        assert time.monotonic() < deadline, "the interrupted answer was never stored"
+        time.sleep(0.05)
+    answer = sqlite_server.store.conversation(conversation_id).messages[1]
+    assert answer.role == "assistant" and "client disconnected" in answer.reason
+    assert answer.text and answer.tokens < 24  # part of the answer, not all of it
