@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kefu.assistant.policy import ConversationState, Decision, Understanding, decide
 from kefu.assistant.sentiment import anger
 from kefu.config import ProjectConfig
@@ -129,16 +131,33 @@ class Assistant:
         return language if language in ("en", "zh") else self.config.languages[0]
 
     def understand(self, text: str) -> Understanding:
+        return self._understand(text)[0]
+
+    def _understand(self, text: str) -> tuple[Understanding, np.ndarray | None]:
+        """What a message says, and its sentence vector when the intent model made one that
+        the knowledge base can search with (the same encoder: one embedding, not two)."""
         text = normalise_text(text)
         language = self.language(text)
         model = self.intents.get(language) or self.intents.get("all")
-        intent = confidence = None
+        intent = confidence = vector = None
         if model is not None:
             with self.model_lock:
-                [prediction] = model.predict([text], top_k=1)
+                features = model.featurize([text])
+                [prediction] = model.predict_features(features, top_k=1)
             intent, confidence = prediction.label, prediction.confidence
+            if self._shares_encoder(model, text):
+                vector = features[0].numpy()
         entities = [entity.to_json() for entity in self.entities(text)]
-        return Understanding(text, language, intent, confidence, entities, anger(text))
+        return Understanding(text, language, intent, confidence, entities, anger(text)), vector
+
+    def _shares_encoder(self, model: IntentClassifier, text: str) -> bool:
+        kb = self.knowledge_base
+        return (
+            kb is not None
+            and kb.uses_dense(text)
+            and model.description.get("model") == "embed"
+            and model.description.get("encoder") == kb.config.encoder
+        )
 
     def turn(self, text: str, history: list[dict[str, str]], state: ConversationState) -> Turn:
         """Decide one turn.
@@ -148,11 +167,13 @@ class Assistant:
             history: the conversation before it, oldest first ({"role", "content"}).
             state: counts the policy needs (turns, low-confidence streak, with a person).
         """
-        understood = self.understand(text)
+        understood, vector = self._understand(text)
         hits, confidence, confident = [], None, False
         if self.knowledge_base is not None:
             with self.model_lock:
-                found = self.knowledge_base.lookup(understood.text, k=max(3, self.passages))
+                found = self.knowledge_base.lookup(
+                    understood.text, k=max(3, self.passages), vector=vector
+                )
             hits, confidence, confident = found.hits, found.confidence, found.confident
         decision = decide(
             understood,

@@ -449,16 +449,25 @@ class KnowledgeBase:
         """
         return self.lookup(query, k, fusion).hits
 
-    def lookup(self, query: str, k: int = 5, fusion: FusionConfig | None = None) -> Lookup:
+    def lookup(
+        self,
+        query: str,
+        k: int = 5,
+        fusion: FusionConfig | None = None,
+        vector: np.ndarray | None = None,
+    ) -> Lookup:
         """The hits for `query` and how sure the knowledge base is that the first one answers it.
 
         `confident` is whether the assistant may answer straight from the first hit: its
         confidence reaches the threshold calibrated for the target precision (never, when the
         knowledge base has not been calibrated: `kefu kb calibrate`), or the query is exactly
         one of the FAQ's questions or paraphrases (confidence 1).
+
+        Args:
+            vector: the query's vector from this base's encoder, when the caller has it.
         """
         fusion = fusion or self.fusion
-        rankings = self.rankings(query, max(fusion.candidates, k))
+        rankings = self.rankings(query, max(fusion.candidates, k), vector=vector)
         fused = fuse(rankings, fusion)
         exact = self.exact_questions.get(_question_key(query))
         best = list(fused)[:k]

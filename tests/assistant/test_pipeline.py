@@ -1,5 +1,7 @@
 """The assistant on the small demo: routes, reasons, languages, prompts that fit."""
 
+import numpy as np
+
 from kefu.assistant.policy import ConversationState
 from tests.conftest import FAQ_EN, FAQ_ZH
 
@@ -57,3 +59,10 @@ def test_the_generators_prompt_always_leaves_room_for_the_reply(assistant) -> No
 def test_every_model_version_is_named(assistant) -> None:
     assert set(assistant.versions) == {"intent/en", "intent/zh", "kb", "generator"}
     assert all(len(v) == 12 for v in assistant.versions.values())
+
+
+def test_english_messages_are_embedded_once_for_intent_and_knowledge_base(assistant) -> None:
+    understood, vector = assistant._understand("my new card hasn't arrived yet")
+    [own] = assistant.knowledge_base.embed_queries([understood.text])
+    assert vector is not None and np.array_equal(vector, own)
+    assert assistant._understand("补办的卡还没收到")[1] is None  # Chinese: no dense side
