@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,50 @@ from kefu.config import ProjectConfig
 from kefu.data.normalise import count_scripts, language_of, normalise_text
 from kefu.errors import KefuError
 from kefu.infer.generate import SamplingConfig, stream
-from kefu.kb.index import Hit, KnowledgeBase
+from kefu.kb.index import Hit, KnowledgeBase, Lookup
 from kefu.nlu.entities import EntityExtractor
 from kefu.nlu.intent import IntentClassifier, load_classifier
+
+# Intent models whose answer for a message does not depend on the others in its batch (the
+# encoder masks the padding out of its mean pooling).
+POOLED = ("embed", "finetune")
+
+
+class BatchLane:
+    """Run `work` (a list of items → a list of results) for many threads, in batches.
+
+    A thread that finds the lane free runs everything waiting, its own item included; threads
+    that arrive meanwhile wait and go in the next batch together. Alone, a message runs at
+    once; under load, one encoder pass serves many messages.
+    """
+
+    def __init__(self, work: Callable[[list[Any]], list[Any]], max_batch: int = 32) -> None:
+        self.work = work
+        self.max_batch = max_batch
+        self._running = threading.Lock()
+        self._queue = threading.Lock()
+        self._waiting: list[tuple[Any, Future]] = []
+
+    def __call__(self, item: Any) -> Any:
+        future: Future = Future()
+        with self._queue:
+            self._waiting.append((item, future))
+        while not future.done():
+            with self._running:
+                if future.done():  # the thread before us ran it
+                    break
+                with self._queue:
+                    batch = self._waiting[: self.max_batch]
+                    del self._waiting[: self.max_batch]
+                try:
+                    results = self.work([queued for queued, _ in batch])
+                except BaseException as err:
+                    for _, waiting in batch:
+                        waiting.set_exception(err)
+                else:
+                    for (_, waiting), result in zip(batch, results, strict=True):
+                        waiting.set_result(result)
+        return future.result()
 
 
 @dataclass
@@ -80,10 +122,13 @@ class Assistant:
 
     def __post_init__(self) -> None:
         self.entities = EntityExtractor(self.config.entities.patterns)
-        # torch modules are not safe to run from several threads at once, and on a few cores
-        # running them one at a time is as fast; the lock also keeps the intent models' and
-        # the encoder's thread pools from fighting.
-        self.model_lock = threading.Lock()
+        # Two lanes of model work, each one thread at a time (tokenizers are not safe to share
+        # between threads): understanding messages, batched across the requests waiting for
+        # it, and generating replies. A quick FAQ turn then never waits behind someone else's
+        # long reply, and each lane keeps one core busy (`kefu serve` gives torch half the
+        # cores per operation).
+        self.understanding = BatchLane(self.look)
+        self.generator_lock = threading.Lock()
 
     @classmethod
     def load(cls, config: ProjectConfig) -> Assistant:
@@ -131,24 +176,56 @@ class Assistant:
         return language if language in ("en", "zh") else self.config.languages[0]
 
     def understand(self, text: str) -> Understanding:
-        return self._understand(text)[0]
+        return self.look([text])[0][0]
 
-    def _understand(self, text: str) -> tuple[Understanding, np.ndarray | None]:
-        """What a message says, and its sentence vector when the intent model made one that
-        the knowledge base can search with (the same encoder: one embedding, not two)."""
-        text = normalise_text(text)
-        language = self.language(text)
-        model = self.intents.get(language) or self.intents.get("all")
-        intent = confidence = vector = None
-        if model is not None:
-            with self.model_lock:
-                features = model.featurize([text])
-                [prediction] = model.predict_features(features, top_k=1)
-            intent, confidence = prediction.label, prediction.confidence
-            if self._shares_encoder(model, text):
-                vector = features[0].numpy()
-        entities = [entity.to_json() for entity in self.entities(text)]
-        return Understanding(text, language, intent, confidence, entities, anger(text)), vector
+    def look(self, texts: list[str]) -> list[tuple[Understanding, Lookup | None]]:
+        """Understand messages and look each up in the knowledge base, as one batch.
+
+        Each intent model encodes all the messages of its language in one pass, and an English
+        message's sentence vector is reused by the knowledge base when both use the same
+        encoder: one embedding per message, not two.
+        """
+        texts = [normalise_text(text) for text in texts]
+        languages = [self.language(text) for text in texts]
+        predictions: list[Any] = [None] * len(texts)
+        vectors: list[np.ndarray | None] = [None] * len(texts)
+        by_model: dict[int, list[int]] = {}
+        for n, language in enumerate(languages):
+            model = self.intents.get(language) or self.intents.get("all")
+            if model is not None:
+                by_model.setdefault(id(model), []).append(n)
+        for indexes in by_model.values():
+            model = self.intents.get(languages[indexes[0]]) or self.intents["all"]
+            # A TextCNN's max-pooling sees the padding a batch adds, so its answer would depend
+            # on the other messages; it takes well under a millisecond a message anyway.
+            batches = (
+                [indexes] if model.description.get("model") in POOLED else [[n] for n in indexes]
+            )
+            for batch in batches:
+                features = model.featurize([texts[n] for n in batch])
+                found = model.predict_features(features, top_k=1)
+                for row, (n, prediction) in enumerate(zip(batch, found, strict=True)):
+                    predictions[n] = prediction
+                    if self._shares_encoder(model, texts[n]):
+                        vectors[n] = features[row].numpy()
+        looked = []
+        for n, text in enumerate(texts):
+            prediction = predictions[n]
+            understood = Understanding(
+                text,
+                languages[n],
+                prediction and prediction.label,
+                prediction and prediction.confidence,
+                [entity.to_json() for entity in self.entities(text)],
+                anger(text),
+            )
+            lookup = None
+            if self.knowledge_base is not None:
+                lookup = self.knowledge_base.lookup(
+                    text, k=max(3, self.passages), vector=vectors[n]
+                )
+            looked.append((understood, lookup))
+        return looked
 
     def _shares_encoder(self, model: IntentClassifier, text: str) -> bool:
         kb = self.knowledge_base
@@ -167,13 +244,9 @@ class Assistant:
             history: the conversation before it, oldest first ({"role", "content"}).
             state: counts the policy needs (turns, low-confidence streak, with a person).
         """
-        understood, vector = self._understand(text)
+        understood, found = self.understanding(text)
         hits, confidence, confident = [], None, False
-        if self.knowledge_base is not None:
-            with self.model_lock:
-                found = self.knowledge_base.lookup(
-                    understood.text, k=max(3, self.passages), vector=vector
-                )
+        if found is not None:
             hits, confidence, confident = found.hits, found.confidence, found.confident
         decision = decide(
             understood,
@@ -263,7 +336,7 @@ class Assistant:
         pieces = stream(self.generator.model, self.generator.tokenizer, turn.prompt, sampling)
         said = False
         while True:
-            with self.model_lock:
+            with self.generator_lock:
                 piece = next(pieces, None)
             if piece is None:
                 break

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from importlib import resources
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -42,6 +44,9 @@ def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> F
         assistant: an already loaded assistant of the same project (tests share one).
     """
     config = load_project(settings.project)
+    # The assistant runs two lanes of model work at once (understanding, generation): half
+    # the cores each, so they do not fight over the same ones.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     assistant = assistant or Assistant.load(config)
     store = Store.open(settings.database_url(config))
     metrics = Metrics()

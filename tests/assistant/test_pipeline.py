@@ -1,7 +1,11 @@
 """The assistant on the small demo: routes, reasons, languages, prompts that fit."""
 
-import numpy as np
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from kefu.assistant.pipeline import BatchLane
 from kefu.assistant.policy import ConversationState
 from tests.conftest import FAQ_EN, FAQ_ZH
 
@@ -62,7 +66,40 @@ def test_every_model_version_is_named(assistant) -> None:
 
 
 def test_english_messages_are_embedded_once_for_intent_and_knowledge_base(assistant) -> None:
-    understood, vector = assistant._understand("my new card hasn't arrived yet")
-    [own] = assistant.knowledge_base.embed_queries([understood.text])
-    assert vector is not None and np.array_equal(vector, own)
-    assert assistant._understand("补办的卡还没收到")[1] is None  # Chinese: no dense side
+    text = "my new card hasn't arrived yet"
+    [(understood, found)] = assistant.look([text])
+    alone = assistant.knowledge_base.lookup(understood.text, k=3)  # embeds the text itself
+    assert [h.id for h in found.hits] == [h.id for h in alone.hits]
+    assert [h.dense for h in found.hits] == pytest.approx([h.dense for h in alone.hits], abs=1e-6)
+    assert found.confidence == pytest.approx(alone.confidence, abs=1e-6)
+
+
+def test_a_batch_understands_each_message_as_it_would_alone(assistant) -> None:
+    texts = [FAQ_EN, "补办的卡还没收到", "I want to talk to a human", FAQ_ZH, "what is my balance"]
+    together = assistant.look(texts)
+    for text, (understood, found) in zip(texts, together, strict=True):
+        [(alone, alone_found)] = assistant.look([text])
+        assert (understood.intent, understood.language) == (alone.intent, alone.language)
+        assert understood.intent_confidence == pytest.approx(alone.intent_confidence, abs=1e-5)
+        assert [h.id for h in found.hits] == [h.id for h in alone_found.hits]
+
+
+def test_the_lane_batches_what_waits_and_passes_errors_on() -> None:
+    batches = []
+
+    def work(items):
+        batches.append(list(items))
+        time.sleep(0.05)
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [item * 2 for item in items]
+
+    lane = BatchLane(work)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lane, range(16)))
+    assert results == [n * 2 for n in range(16)]
+    assert len(batches) < 16 and sorted(item for batch in batches for item in batch) == list(
+        range(16)
+    )
+    with pytest.raises(ValueError, match="bad item"):
+        lane("bad")
