@@ -60,7 +60,6 @@ import csv
 import json
 import os
 import random
-import secrets
 import signal
 import socket
 import subprocess
@@ -151,22 +150,10 @@ def database(db: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="kefu-serve-load-") as folder:
             yield f"sqlite:///{folder}/bench.db"
         return
-    import psycopg
-    from psycopg import sql
+    from kefu.store.scratch import scratch_database
 
-    name = f"kefu_bench_{secrets.token_hex(6)}"
-    with psycopg.connect(db, autocommit=True, connect_timeout=10) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{db.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(db, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                [name],
-            )
-            admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+    with scratch_database(db, "kefu_bench") as url:
+        yield url
 
 
 def create_key(project: Path, url: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -14,11 +13,11 @@ import pytest
 import torch
 import yaml
 from filelock import FileLock
-from psycopg import sql
 
 from kefu.assistant.pipeline import Assistant
 from kefu.console import settings
 from kefu.project import build, load_project
+from kefu.store.scratch import scratch_database
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("KEFU_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -70,17 +69,8 @@ def postgres_url(postgres_admin_url: str | None):
             "PostgreSQL not reachable at 127.0.0.1:5432 (start it: see .ci/run); "
             "this test ran on SQLite only"
         )
-    name = f"kefu_test_{secrets.token_hex(6)}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield f"{postgres_admin_url.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            [name],
-        )
-        admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+    with scratch_database(postgres_admin_url, "kefu_test") as url:
+        yield url
 
 
 @pytest.fixture
