@@ -7,7 +7,9 @@ import logging
 import time
 
 import openai
+import psycopg
 import pytest
+from psycopg import sql
 
 from tests.serve.conftest import FAQ_EN, FAQ_ZH, LiveServer
 
@@ -324,3 +326,39 @@ def test_a_client_that_leaves_mid_stream_leaves_what_it_was_sent_stored(
     answer = sqlite_server.store.conversation(conversation_id).messages[1]
     assert answer.role == "assistant" and "client disconnected" in answer.reason
     assert answer.text and answer.tokens < 24  # part of the answer, not all of it
+
+
+def test_the_database_down_is_503_and_the_server_recovers_by_itself(
+    start_server, postgres_url: str, postgres_admin_url: str
+) -> None:
+    server = start_server(postgres_url)
+    name = postgres_url.rsplit("/", 1)[1]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": FAQ_EN}]}
+
+    def database_allows_connections(allowed: bool) -> None:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                    sql.Identifier(name), sql.Literal(allowed)
+                )
+            )
+            if not allowed:  # and drop the server's pooled connections
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    [name],
+                )
+
+    with server.client() as http:
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
+        database_allows_connections(False)
+        try:
+            down = http.post("/v1/chat/completions", json=body)
+            not_ready = http.get("/readyz")
+        finally:
+            database_allows_connections(True)
+        back = http.post("/v1/chat/completions", json=body)
+    assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+    assert down.headers["retry-after"] == "1"
+    assert not_ready.status_code == 503
+    assert back.status_code == 200
+    assert server.store.count_messages("user") == 2  # the refused message was not half-stored
