@@ -138,8 +138,10 @@ def _write_small_demo(folder: Path) -> None:
 
 @pytest.fixture(scope="session")
 def demo_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small demo, built (once for all workers)."""
-    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker
+    """The small demo, built (once for all workers of this test run)."""
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's folder sits in this run's folder; without it, basetemp is.
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     folder = shared / "serve-demo"
     with FileLock(str(shared / "serve-demo.lock")):
         if not (folder / "build" / "generator" / "model.safetensors").exists():

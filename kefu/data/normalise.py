@@ -33,10 +33,26 @@ _SPACE_AROUND_NEWLINE = re.compile(r" ?\n ?")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def normalise_text(text: str, lowercase: bool = False) -> str:
-    """NFKC, controls removed, runs of spaces collapsed, at most one blank line, trimmed."""
+# Full-width punctuation (，：？！（）…): NFKC turns it into ASCII, which is right for matching
+# and wrong for a Chinese answer shown to a customer.
+_FULLWIDTH_PUNCTUATION = re.compile(r"([\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65])")
+
+
+def normalise_text(text: str, lowercase: bool = False, keep_punctuation: bool = False) -> str:
+    """NFKC, controls removed, runs of spaces collapsed, at most one blank line, trimmed.
+
+    Args:
+        keep_punctuation: leave full-width punctuation as it is (text shown to people).
+    """
     if not unicodedata.is_normalized("NFKC", text):
-        text = unicodedata.normalize("NFKC", text)
+        if keep_punctuation:
+            parts = _FULLWIDTH_PUNCTUATION.split(text)  # odd indexes: the punctuation
+            text = "".join(
+                part if n % 2 else unicodedata.normalize("NFKC", part)
+                for n, part in enumerate(parts)
+            )
+        else:
+            text = unicodedata.normalize("NFKC", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     # The checks in front skip work that cannot change the text, which is most of the time.

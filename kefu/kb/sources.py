@@ -85,6 +85,9 @@ def load_faq(src: SourceFile, chunking: ChunkConfig) -> Iterator[Chunk | Reject]
         if isinstance(item, Reject):
             yield item
             continue
+        # The title and answer are shown to customers: as written, punctuation included.
+        title = normalise_text(item.question, keep_punctuation=True)
+        answer = normalise_text(item.answer, keep_punctuation=True)
         item.clean(normalise_text)
         problem = item.problem()
         if problem:
@@ -94,8 +97,8 @@ def load_faq(src: SourceFile, chunking: ChunkConfig) -> Iterator[Chunk | Reject]
             id=item.id,
             source=src.name,
             kind="faq",
-            title_path=[item.question],
-            text=item.answer,
+            title_path=[title],
+            text=answer,
             line=item.line,
             url=item.url,
             category=item.category,

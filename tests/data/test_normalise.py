@@ -30,3 +30,13 @@ def test_scripts_and_language():
     assert language_of(*count_scripts("我的iPhone坏了")) == "zh"
     assert language_of(*count_scripts("Where is my card?")) == "en"
     assert language_of(*count_scripts("123 ?!")) == "und"
+
+
+def test_text_shown_to_people_keeps_its_full_width_punctuation() -> None:
+    text = "请冻结卡片（卡片 → 冻结），或拨打ＡＴＭ１２３热线：400？"
+    assert normalise_text(text) == "请冻结卡片(卡片 → 冻结),或拨打ATM123热线:400?"
+    # Full-width letters and digits still fold; the punctuation stays as the writer typed it.
+    assert (
+        normalise_text(text, keep_punctuation=True)
+        == "请冻结卡片（卡片 → 冻结），或拨打ATM123热线：400？"
+    )

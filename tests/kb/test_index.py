@@ -46,7 +46,7 @@ def test_a_chinese_question_is_answered_by_bm25_alone(acme):
     kb = KnowledgeBase.load(acme[0])
     assert not kb.uses_dense("我的银行卡找不到了，怎么办")
     hits = kb.search("我的银行卡找不到了，怎么办", k=3)
-    assert hits[0].id == "lost-card-zh" and hits[0].title == "银行卡丢了怎么办?"
+    assert hits[0].id == "lost-card-zh" and hits[0].title == "银行卡丢了怎么办？"
     assert all(hit.dense is None for hit in hits)
     # With one ranking the fused score is 1 / (60 + rank).
     assert [hit.fused for hit in hits] == pytest.approx([1 / 61, 1 / 62, 1 / 63])
@@ -161,3 +161,9 @@ def test_an_exact_faq_question_is_answered_with_full_confidence(acme):
         found = kb.lookup(question, k=3)
         assert (found.hits[0].id, found.confidence, found.confident) == (entry, 1.0, True)
         assert len({hit.id for hit in found.hits}) == 3
+
+
+def test_a_chinese_faq_answer_keeps_its_punctuation_for_the_customer(acme):
+    kb = KnowledgeBase.load(acme[0])
+    answer = next(chunk for chunk in kb.chunks if chunk.id == "lost-card-zh").text
+    assert answer.startswith("请立即在Acme Mobile App中冻结卡片（卡片 → 冻结卡片），")
