@@ -153,6 +153,7 @@ class Assistant:
                 raise KefuError(f"{generator}: generator not built; run `kefu build` first")
             assistant.generator = load_run(generator)
             assistant.versions["generator"] = _version(generator / "model.safetensors")
+            assistant.check_prompt_room()
         if assistant.knowledge_base is None and assistant.generator is None:
             raise KefuError(
                 f"{build} has neither a knowledge base nor a generator; configure "
@@ -325,8 +326,28 @@ class Assistant:
                 history = history[2:] if len(history) > 1 else []
             elif hits:
                 hits = hits[:-1]
-            else:
-                text = text[len(text) // 4 :]  # keep the end: the question is usually last
+            elif len(text) > 1:
+                text = text[max(1, len(text) // 4) :]  # keep the end: the question is usually last
+            else:  # `check_prompt_room` makes this unreachable; never loop on it
+                return ids[-budget:]
+
+    def check_prompt_room(self) -> None:
+        """Refuse, at load, a system message that leaves the generator no room to answer."""
+        limit = self.context_length()
+        if limit is None:
+            return
+        settings = self.config.assistant
+        messages = [
+            {"role": "system", "content": settings.system},
+            {"role": "user", "content": "?"},
+        ]
+        needed = len(self.generator.tokenizer.render(messages, add_generation_prompt=True).ids)
+        if needed + settings.max_new_tokens > limit:
+            raise KefuError(
+                f"assistant.system takes {needed} tokens and assistant.max_new_tokens is "
+                f"{settings.max_new_tokens}, more than the generator's context of {limit}; "
+                "shorten the system message or lower max_new_tokens in kefu.yaml"
+            )
 
     def generate(self, turn: Turn, sampling: SamplingConfig) -> Iterator[str]:
         """Stream the generator's reply to a turn routed to it, piece by piece; a generator that

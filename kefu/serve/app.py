@@ -16,6 +16,7 @@ import os
 import time
 from importlib import resources
 
+import anyio
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +36,7 @@ from kefu.serve.settings import ServeSettings
 from kefu.store.repository import Conflict, NotFound, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("kefu.serve")
+WORKER_THREADS = 256
 
 
 def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> FastAPI:
@@ -53,6 +55,9 @@ def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> F
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Requests wait for a model lane in worker threads; with the default 40 threads, 40
+        # streams waiting to generate would leave none for quick FAQ turns or /readyz.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         yield
         store.close()
 
@@ -177,9 +182,11 @@ def _error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, err: Exception):
         request_id = getattr(request.state, "request_id", None)
         log.exception("%s unexpected error", request_id)
+        # This handler runs outside the request-id middleware, so it sets the header itself.
         return _json_error(
             request,
             500,
             f"internal error; the server log has the details under request id {request_id}",
             "server_error",
+            headers={"X-Request-ID": request_id or ""},
         )

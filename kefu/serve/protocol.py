@@ -61,7 +61,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    user: str | None = Field(None, max_length=256)
+    user: str | None = Field(None, max_length=255)
     kefu: KefuRequest = Field(default_factory=KefuRequest)
 
     def stop_list(self) -> list[str]:

@@ -16,6 +16,7 @@ reads the generator piece by piece from a thread so the event loop stays free.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from collections.abc import Iterator
@@ -30,10 +31,14 @@ from kefu.infer.generate import SamplingConfig
 from kefu.serve.metrics import Metrics
 from kefu.serve.protocol import ChatCompletionRequest, KefuResult
 from kefu.serve.security import APIError
+from kefu.store.models import utcnow
 from kefu.store.repository import NotFound, Store
 
 log = logging.getLogger("kefu.serve")
 
+# A channel customer who writes again after this long starts a new conversation (WeChat has
+# no "new chat" button), unless the old one is waiting for a person.
+CHANNEL_SESSION_IDLE = datetime.timedelta(minutes=30)
 HOLDING_REPLY = {
     "en": "I'm still looking into this. Send any message in a moment to see the answer.",
     "zh": "正在为您查询，请稍后发送任意消息查看答复。",
@@ -69,6 +74,13 @@ class Started:
             handoff=self.turn.route == "handoff",
             model_versions=assistant.versions,
         )
+
+
+def _turns_since_handoff(messages: list) -> int:
+    """Customer messages since the conversation last went to a person (all, if it never did):
+    once a person has resolved a hand-off, the turn limit counts afresh."""
+    last = max((n for n, m in enumerate(messages) if m.route == "handoff"), default=-1)
+    return sum(m.role == "user" for m in messages[last + 1 :])
 
 
 class ChatService:
@@ -129,7 +141,7 @@ class ChatService:
             )
             history = [{"role": m.role, "content": m.text} for m in conversation.messages]
             state = ConversationState(
-                customer_turns=sum(m.role == "user" for m in conversation.messages),
+                customer_turns=_turns_since_handoff(conversation.messages),
                 low_confidence_streak=conversation.low_confidence_streak,
                 with_person=conversation.status == "handoff",
             )
@@ -190,6 +202,7 @@ class ChatService:
         turn, decision = started.turn, started.turn.decision
         seconds = time.perf_counter() - started.started
         reason = decision.reason + (f"; {interrupted}" if interrupted else "")
+        result = started.result(self.assistant)
         message_id = self.store.add_assistant_message(
             started.conversation_id,
             text,
@@ -197,8 +210,8 @@ class ChatService:
             route=turn.route,
             reason=reason,
             intent=turn.understood.intent,
-            confidence=started.result(self.assistant).confidence,
-            sources=[s.model_dump() for s in started.result(self.assistant).sources],
+            confidence=result.confidence,
+            sources=[source.model_dump() for source in result.sources],
             model_versions=self.assistant.versions,
             tokens=completion_tokens,
             latency_ms=1000 * seconds,
@@ -286,6 +299,9 @@ class ChatService:
         self, channel: str, user: str, text: str, channel_message_id: str, request_id: str | None
     ) -> str:
         conversation = self.store.open_conversation(channel, user)
+        idle = conversation and utcnow() - conversation.updated_at > CHANNEL_SESSION_IDLE
+        if idle and conversation.status == "open":
+            conversation = None  # a new visit starts a new conversation; a hand-off waits on
         request = ChatCompletionRequest.model_validate(
             {
                 "model": self.assistant.name,

@@ -54,6 +54,9 @@ KEY_PREFIX = "kefu-"
 PREFIX_LENGTH = 12  # characters of a key shown in listings: "kefu-" and 7 of the secret
 
 
+MIGRATION_LOCK = 0x6B656675  # "kefu": the PostgreSQL advisory lock migrations hold
+
+
 class StoreError(KefuError):
     """The store cannot do what it was asked."""
 
@@ -223,7 +226,9 @@ def _engine(url: str) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(parsed)
     if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        return create_engine(
+            parsed, pool_pre_ping=True, hide_parameters=True, connect_args={"connect_timeout": 10}
+        )
     raise StoreError(
         f"kefu stores conversations in SQLite or PostgreSQL, not {backend!r} "
         f"({parsed.render_as_string(hide_password=True)}); use {URL_EXAMPLES}."
@@ -238,7 +243,12 @@ def _sqlite_engine(url: URL) -> Engine:
     in_memory = _in_memory(url)
     if in_memory:
         # One connection that every thread shares, or each would see its own empty database.
-        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        engine = create_engine(
+            url,
+            poolclass=StaticPool,
+            hide_parameters=True,
+            connect_args={"check_same_thread": False},
+        )
     else:
         folder = Path(url.database).parent
         try:
@@ -248,7 +258,7 @@ def _sqlite_engine(url: URL) -> Engine:
                 f"Cannot create the folder {folder} for the SQLite database {url}: "
                 f"{error.strerror}. Choose a path kefu can write to."
             ) from error
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, hide_parameters=True, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def configure(dbapi_connection: Any, _record: Any) -> None:
@@ -298,6 +308,12 @@ class Store:
             store.ping()
             if migrate:
                 with store._turns, store._translated_errors(), store._engine.begin() as connection:
+                    if connection.dialect.name == "postgresql":
+                        # Several workers or replicas start at once: one migrates, the others
+                        # wait for it here and then find nothing left to do.
+                        connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                        )
                     alembic.command.upgrade(migrations_config(connection), "head")
         except BaseException:
             store.close()

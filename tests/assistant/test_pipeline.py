@@ -7,6 +7,7 @@ import pytest
 
 from kefu.assistant.pipeline import BatchLane
 from kefu.assistant.policy import ConversationState
+from kefu.errors import KefuError
 from tests.conftest import FAQ_EN, FAQ_ZH
 
 
@@ -103,3 +104,25 @@ def test_the_lane_batches_what_waits_and_passes_errors_on() -> None:
     )
     with pytest.raises(ValueError, match="bad item"):
         lane("bad")
+
+
+def test_a_system_message_too_long_for_the_generator_is_refused_at_load(assistant) -> None:
+    settings = assistant.config.assistant
+    original = settings.system
+    settings.system = "Please always be polite and helpful to every customer. " * 40
+    try:
+        with pytest.raises(KefuError, match=r"assistant.system takes \d+ tokens"):
+            assistant.check_prompt_room()
+    finally:
+        settings.system = original
+
+
+def test_a_prompt_of_a_tiny_message_with_no_room_still_ends(assistant) -> None:
+    settings = assistant.config.assistant
+    original = settings.system
+    settings.system = "Be polite. " * 30  # over the budget, which the load check would refuse
+    try:
+        prompt = assistant.prompt([], "hi", [])
+    finally:
+        settings.system = original
+    assert len(prompt) <= assistant.context_length() - settings.max_new_tokens

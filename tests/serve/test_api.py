@@ -362,3 +362,45 @@ def test_the_database_down_is_503_and_the_server_recovers_by_itself(
     assert not_ready.status_code == 503
     assert back.status_code == 200
     assert server.store.count_messages("user") == 2  # the refused message was not half-stored
+
+
+def test_after_a_resolved_handoff_the_turn_limit_counts_afresh(sqlite_server: LiveServer) -> None:
+    client = client_for(sqlite_server)
+    limit = 20  # HandoffConfig.max_turns
+
+    def ask(text: str, conversation_id: str | None = None) -> dict:
+        extra = {"kefu": {"conversation_id": conversation_id}} if conversation_id else None
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": text}], extra_body=extra
+        )
+        return answer.model_extra["kefu"]
+
+    first = ask(FAQ_EN)
+    conversation_id = first["conversation_id"]
+    routes = [ask(FAQ_EN, conversation_id)["route"] for _ in range(limit - 1)]
+    assert routes[:-1] == ["faq"] * (limit - 2) and routes[-1] == "handoff"
+    [handoff] = sqlite_server.store.handoffs("queued")
+    sqlite_server.store.resolve_handoff(handoff.id, "ann", "answered by phone")
+    assert ask(FAQ_EN, conversation_id)["route"] == "faq"
+    assert sqlite_server.store.handoffs("queued") == []
+
+
+def test_an_answer_that_fails_mid_stream_says_so_and_is_stored_as_failed(
+    sqlite_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def breaks(started, sampling):
+        yield "Let me check"
+        raise RuntimeError("the model fell over")
+
+    monkeypatch.setattr(sqlite_server.app.state.service, "pieces", breaks)
+    stream = client_for(sqlite_server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": FAQ_EN}], stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError, match="failed part-way"):
+        for chunk in stream:
+            received.append(chunk)
+    conversation_id = received[0].model_extra["kefu"]["conversation_id"]
+    answer = sqlite_server.store.conversation(conversation_id).messages[1]
+    assert answer.text == "Let me check"
+    assert answer.reason.endswith("the answer failed: RuntimeError")

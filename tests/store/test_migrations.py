@@ -1,3 +1,5 @@
+from concurrent.futures import ThreadPoolExecutor
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -32,3 +34,13 @@ def test_downgrade_to_nothing_and_back(database_url, engine):
     with Store.open(database_url) as store:
         conversation_id, _ = store.start_conversation("web", None, None, [])
         assert store.conversation(conversation_id).status == "open"
+
+
+def test_servers_starting_together_migrate_a_new_database_once(postgres_url):
+    # Several workers or replicas open the same fresh database at once (kefu serve --workers N).
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: Store.open(postgres_url), range(4)))
+    for store in stores:
+        store.close()
+    with Store.open(postgres_url, migrate=False) as store:
+        assert store.count_messages() == 0

@@ -430,6 +430,12 @@ def parse_message(xml: bytes | str) -> WeChatMessage:
             code="invalid_xml",
             param="CreateTime",
         ) from None
+    # An openid is 28 characters and a MsgId 19 digits; much longer ones are not WeChat's.
+    for name, longest in (("FromUserName", 128), ("ToUserName", 128), ("MsgId", 32)):
+        if len(fields.get(name, "")) > longest:
+            raise WeChatError(
+                f"<{name}> is longer than {longest} characters", code="invalid_xml", param=name
+            )
     msg_type = fields["MsgType"].strip()
     return WeChatMessage(
         to_user=fields["ToUserName"],

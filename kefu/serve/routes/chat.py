@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -22,8 +23,10 @@ from kefu.serve.protocol import (
     ResponseMessage,
     Usage,
 )
+from kefu.serve.security import error_body
 
 router = APIRouter()
+log = logging.getLogger("kefu.serve")
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
@@ -58,6 +61,7 @@ async def chat_completions(
         pieces = service.pieces(started, sampling)
         parts: list[str] = []
         finished = False
+        interrupted = "the client disconnected before the end"
         try:
             yield chunk(
                 choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
@@ -85,8 +89,18 @@ async def chat_completions(
                     {**json.loads(chunk(choices=[])), "choices": [], "usage": usage.model_dump()}
                 )
             yield "[DONE]"
+        except Exception as err:  # headers are sent: the error goes in the stream, then it ends
+            log.exception("%s the answer failed mid-stream", request_id)
+            interrupted = f"the answer failed: {type(err).__name__}"
+            yield json.dumps(
+                error_body(
+                    f"the answer failed part-way; the server log has the details under request id {request_id}",
+                    "server_error",
+                    request_id,
+                )
+            )
         finally:
-            if not finished:  # the client went away mid-answer: keep what it was sent
+            if not finished:  # keep what the customer was sent, and say why it stopped
                 with anyio.CancelScope(shield=True):
                     text = "".join(parts)
                     await run_in_threadpool(
@@ -94,7 +108,7 @@ async def chat_completions(
                         started,
                         text,
                         service.assistant.count_tokens(text),
-                        "the client disconnected before the end",
+                        interrupted,
                     )
 
     return EventSourceResponse(events(), ping=15)
