@@ -21,6 +21,15 @@ def client_for(server: LiveServer, scopes=("chat",)) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
 
 
+def stored_answer(server: LiveServer, conversation_id: str):
+    """The answer of a one-turn conversation, once the server has stored it."""
+    deadline = time.monotonic() + 10
+    while len(messages := server.store.conversation(conversation_id).messages) < 2:
+        assert time.monotonic() < deadline, "the answer was never stored"
+        time.sleep(0.05)
+    return messages[1]
+
+
 def test_an_faq_question_is_answered_from_the_faq_and_stored(server: LiveServer) -> None:
     client = client_for(server)
     response = client.chat.completions.create(
@@ -318,12 +327,7 @@ def test_a_client_that_leaves_mid_stream_leaves_what_it_was_sent_stored(
         lines = response.iter_lines()
         first = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
         next(line for line in lines if line.startswith("data:"))  # one piece of the answer
-    conversation_id = first["kefu"]["conversation_id"]
-    deadline = time.monotonic() + 10
-    while len(sqlite_server.store.conversation(conversation_id).messages) < 2:
-        assert time.monotonic() < deadline, "the interrupted answer was never stored"
-        time.sleep(0.05)
-    answer = sqlite_server.store.conversation(conversation_id).messages[1]
+    answer = stored_answer(sqlite_server, first["kefu"]["conversation_id"])
     assert answer.role == "assistant" and "client disconnected" in answer.reason
     assert answer.text and answer.tokens < 24  # part of the answer, not all of it
 
@@ -401,6 +405,6 @@ def test_an_answer_that_fails_mid_stream_says_so_and_is_stored_as_failed(
         for chunk in stream:
             received.append(chunk)
     conversation_id = received[0].model_extra["kefu"]["conversation_id"]
-    answer = sqlite_server.store.conversation(conversation_id).messages[1]
+    answer = stored_answer(sqlite_server, conversation_id)  # stored after the error was sent
     assert answer.text == "Let me check"
     assert answer.reason.endswith("the answer failed: RuntimeError")
