@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 
-# Weight 2: enough alone. Weight 1: needs company (another word or shouting).
+# Weight 2: enough alone. Weight 1: needs company (another word or shouting). Words that are
+# also everyday banking words stay out or come in phrases: "scam" (report a scam call),
+# 垃圾 (垃圾短信, spam texts), 滚 (页面滚动, scrolling).
 ENGLISH: dict[str, float] = {
     "angry": 2, "furious": 2, "outraged": 2, "livid": 2, "disgusted": 2, "disgusting": 2,
     "unacceptable": 2, "ridiculous": 2, "pathetic": 2, "useless": 2, "incompetent": 2,
-    "scam": 2, "scammed": 2, "fraudsters": 2, "worst": 2, "terrible": 1.5, "awful": 1.5,
+    "scammed": 2, "a scam": 1, "fraudsters": 2, "worst": 2, "terrible": 1.5, "awful": 1.5,
     "horrible": 1.5, "rubbish": 1.5, "joke": 1, "annoyed": 1, "annoying": 1, "frustrated": 1,
     "frustrating": 1, "fed up": 2, "sick of": 2, "had enough": 2, "waste of time": 2,
     "complaint": 1, "complain": 1, "lawyer": 1.5, "sue": 1.5, "close my account": 1,
@@ -23,10 +25,11 @@ ENGLISH: dict[str, float] = {
     "shit": 2, "fuck": 2, "fucking": 2, "bloody": 1,
 }  # fmt: skip
 CHINESE: dict[str, float] = {
-    "生气": 2, "气死": 2, "愤怒": 2, "恼火": 2, "火大": 2, "垃圾": 2, "骗子": 2, "骗人": 2,
+    "生气": 2, "气死": 2, "愤怒": 2, "恼火": 2, "火大": 2, "骗子": 2, "骗人": 2,
+    "垃圾银行": 2, "真垃圾": 2, "太垃圾": 2, "垃圾服务": 2, "什么垃圾": 2,
     "太差": 2, "差劲": 2, "无语": 1.5, "离谱": 1.5, "过分": 1.5, "不像话": 2, "岂有此理": 2,
     "受够": 2, "投诉": 1, "举报": 1.5, "坑人": 2, "忽悠": 1.5, "什么破": 2, "破银行": 2,
-    "烦死": 2, "混蛋": 2, "滚": 1.5, "有病": 2, "浪费时间": 2, "搞什么": 1.5, "失望": 1,
+    "烦死": 2, "混蛋": 2, "滚蛋": 2, "给我滚": 2, "有病": 2, "浪费时间": 2, "搞什么": 1.5, "失望": 1,
     "不满": 1, "太慢": 1, "没用": 1.5,
 }  # fmt: skip
 NEGATIONS = {"not", "no", "never", "isn't", "wasn't", "aren't", "don't", "didn't", "nothing"}

@@ -158,6 +158,8 @@ class ModelList(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # The conversation id proves the caller holds the conversation; message ids are sequential.
+    conversation_id: str = Field(max_length=64)
     message_id: int
     rating: Literal[1, -1]
     comment: str | None = Field(None, max_length=2000)

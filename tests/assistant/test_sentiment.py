@@ -15,6 +15,8 @@ ANGRY = 2.0  # HandoffConfig.anger's default
         "你们这是什么破银行，气死我了",
         "太差劲了！！！",
         "我受够了",
+        "什么垃圾银行，给我滚",
+        "I've been scammed and you did nothing",
     ],
 )
 def test_angry_customers_reach_the_threshold(text: str) -> None:
@@ -30,6 +32,9 @@ def test_angry_customers_reach_the_threshold(text: str) -> None:
         "我的卡还没收到",
         "我不生气，只是想问一下",
         "WHERE IS MY CARD?",
+        "How do I report a scam call?",
+        "我收到一条垃圾短信，说我的卡被冻结了",
+        "页面滚动不了，怎么办",
     ],
 )
 def test_calm_customers_stay_below(text: str) -> None:

@@ -190,17 +190,25 @@ def test_feedback_is_stored_and_checked(server: LiveServer) -> None:
         model=MODEL, messages=[{"role": "user", "content": FAQ_EN}]
     )
     message_id = answer.model_extra["kefu"]["message_id"]
+    mine = answer.model_extra["kefu"]["conversation_id"]
+    other = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": FAQ_ZH}]
+    ).model_extra["kefu"]["conversation_id"]
     with server.client() as http:
-        ok = http.post(
-            "/v1/feedback", json={"message_id": message_id, "rating": -1, "comment": "too long"}
-        )
-        unknown = http.post("/v1/feedback", json={"message_id": 10**9, "rating": 1})
-        bad = http.post("/v1/feedback", json={"message_id": message_id, "rating": 5})
+
+        def rate(conversation_id, message_id, rating, **more):
+            body = {"conversation_id": conversation_id, "message_id": message_id, "rating": rating}
+            return http.post("/v1/feedback", json={**body, **more})
+
+        ok = rate(mine, message_id, -1, comment="too long")
+        unknown = rate(mine, 10**9, 1)
+        not_yours = rate(other, message_id, 1)  # someone else's answer, by its sequential id
+        bad = rate(mine, message_id, 5)
     assert ok.status_code == 200 and ok.json()["rating"] == -1
     [stored] = server.store.feedback(message_id)
     assert (stored.rating, stored.comment) == (-1, "too long")
-    assert unknown.status_code == 404 and bad.status_code == 400
-    assert "rating" in bad.json()["error"]["message"]
+    assert unknown.status_code == 404 and not_yours.status_code == 404
+    assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
 
 
 def test_the_handoff_queue_needs_admin_and_moves_claimed_to_resolved(server: LiveServer) -> None:

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kefu.serve.deps import AdminCaller, ChatCaller, Service
 from kefu.serve.protocol import ClaimRequest, FeedbackRequest, HandoffRequest
+from kefu.store.repository import NotFound
 
 router = APIRouter()
 
@@ -31,6 +32,11 @@ async def conversation(conversation_id: str, caller: ChatCaller, service: Servic
 
 @router.post("/v1/feedback")
 async def feedback(body: FeedbackRequest, caller: ChatCaller, service: Service) -> dict:
+    message = await run_in_threadpool(service.store.message, body.message_id)
+    if message.conversation_id != body.conversation_id:  # the same answer as for no message
+        raise NotFound(
+            f"message {body.message_id} not found in conversation {body.conversation_id!r}"
+        )
     record = await run_in_threadpool(
         service.store.add_feedback, body.message_id, body.rating, body.comment
     )

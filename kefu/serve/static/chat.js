@@ -300,7 +300,11 @@
 
   async function sendFeedback(messageId, rating, pressed, buttons, thanks) {
     buttons.forEach((button) => { button.disabled = true; });
-    const reply = await postJson("/v1/feedback", { message_id: messageId, rating });
+    const reply = await postJson("/v1/feedback", {
+      conversation_id: state.conversationId,
+      message_id: messageId,
+      rating,
+    });
     if (!reply) {
       buttons.forEach((button) => { button.disabled = false; });
       return;
