@@ -90,7 +90,8 @@ class ChatService:
         self.metrics = metrics
         self.redact = Redactor()
         metrics.set_models(assistant.versions)
-        self._undelivered: dict[str, str] = {}  # channel user → an answer the channel owes them
+        # Channel user → answers the channel still owes them (late ones; see channel_reply).
+        self._undelivered: dict[str, list[str]] = {}
 
     # -- one turn ---------------------------------------------------------------------------
 
@@ -278,7 +279,6 @@ class ChatService:
         known = await run_in_threadpool(self.store.message_by_channel_id, channel_message_id)
         if known is not None:
             return await self._stored_reply(known.id, deadline_s, known.text)
-        owed = self._undelivered.pop(f"{channel}:{user}", None)
         task = asyncio.ensure_future(
             run_in_threadpool(
                 self._channel_turn, channel, user, text, channel_message_id, request_id
@@ -287,13 +287,24 @@ class ChatService:
         try:
             reply = await asyncio.wait_for(asyncio.shield(task), deadline_s)
         except TimeoutError:
-            task.add_done_callback(lambda done: self._owe(channel, user, done))
+            task.add_done_callback(lambda done: self._owe(channel, user, done, request_id))
             reply = HOLDING_REPLY[self.assistant.language(text)]
-        return f"{owed}\n\n{reply}" if owed else reply
+        owed = self._undelivered.pop(f"{channel}:{user}", [])  # taken once this reply exists
+        return "\n\n".join([*owed, reply])
 
-    def _owe(self, channel: str, user: str, done: asyncio.Future) -> None:
-        if not done.cancelled() and done.exception() is None:
-            self._undelivered[f"{channel}:{user}"] = done.result()
+    def _owe(self, channel: str, user: str, done: asyncio.Future, request_id: str | None) -> None:
+        """Keep a late answer for the customer's next message (every one, in order)."""
+        if done.cancelled():
+            return
+        if done.exception() is not None:
+            log.error(
+                "%s a late %s answer for a customer failed: %r",
+                request_id,
+                channel,
+                done.exception(),
+            )
+            return
+        self._undelivered.setdefault(f"{channel}:{user}", []).append(done.result())
 
     def _channel_turn(
         self, channel: str, user: str, text: str, channel_message_id: str, request_id: str | None

@@ -263,3 +263,19 @@ def test_channel_is_off_without_a_token(start_server, tmp_path):
     with live.client() as client:
         response = client.get(PATH, params=signed_query(echostr="1"))
     assert response.status_code in (404, 405)
+
+
+def test_an_old_signed_request_is_refused(sqlite_server: LiveServer) -> None:
+    # A signed URL captured an hour ago: the signature is right, the time is not.
+    timestamp, nonce = str(int(time.time()) - 3600), "184629371"
+    query = {
+        "signature": signature(WECHAT.token, timestamp, nonce),
+        "timestamp": timestamp,
+        "nonce": nonce,
+    }
+    with sqlite_server.client() as client:
+        response = client.post(
+            PATH, params=query, content=message_xml("o-replay", Content="hi").encode()
+        )
+    assert_error(response, 403, "stale_timestamp")
+    assert sqlite_server.store.count_messages() == 0

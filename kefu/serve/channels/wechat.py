@@ -511,11 +511,38 @@ async def _answer(request: Request, config: WeChatConfig, message: WeChatMessage
     )
 
 
+# A signed request older (or newer) than this is refused: in plaintext mode the signature does
+# not cover the body, so an old signed URL must not work for ever. Safe mode signs the body too.
+MAX_CLOCK_SKEW_S = 300
+
+
+def check_fresh(timestamp: str, now: float | None = None) -> None:
+    """Raise a 403 WeChatError unless `timestamp` is within MAX_CLOCK_SKEW_S of now."""
+    now = time.time() if now is None else now
+    try:
+        skew = abs(now - int(timestamp))
+    except ValueError:
+        raise WeChatError(
+            f"timestamp must be Unix seconds, got {timestamp[:40]!r}",
+            code="invalid_parameter",
+            param="timestamp",
+        ) from None
+    if skew > MAX_CLOCK_SKEW_S:
+        raise WeChatError(
+            f"the request was signed {skew:.0f} s away from this server's clock (at most "
+            f"{MAX_CLOCK_SKEW_S} s): a replayed request, or a server clock that needs NTP",
+            code="stale_timestamp",
+            status_code=403,
+            param="timestamp",
+        )
+
+
 def _incoming_xml(config: WeChatConfig, query: Any, body: bytes) -> tuple[str | bytes, bool]:
     """The authenticated message XML and whether the request used safe mode."""
     encrypt_type = query.get("encrypt_type") or "raw"
     if encrypt_type == "aes":
         msg_signature, timestamp, nonce = _required(query, "msg_signature", "timestamp", "nonce")
+        check_fresh(timestamp)
         xml = open_envelope(
             body, config=config, msg_signature=msg_signature, timestamp=timestamp, nonce=nonce
         )
@@ -528,6 +555,7 @@ def _incoming_xml(config: WeChatConfig, query: Any, body: bytes) -> tuple[str | 
         )
     signature, timestamp, nonce = _required(query, "signature", "timestamp", "nonce")
     verify_signature(signature, config.token, timestamp, nonce)
+    check_fresh(timestamp)
     return body, False
 
 
