@@ -5,7 +5,8 @@ replicas that share one database) and migrates the schema. Each method is one sh
 transaction and returns frozen records, never ORM objects, so callers — the server's thread
 pool, the CLI — never hold a session or see a half-written state.
 
-On SQLite every transaction starts with `BEGIN IMMEDIATE`: it takes the write lock up front,
+On SQLite every transaction that writes starts with `BEGIN IMMEDIATE` (one that only reads
+starts a plain `BEGIN` and reads a WAL snapshot, waiting for no one): it takes the write lock up front,
 waiting up to `busy_timeout` for it, so a transaction that reads and then writes (the
 low-confidence streak, a hand-off's state) works on one consistent state and many threads at
 once never fail with "database is locked". PostgreSQL gets the same from `SELECT ... FOR UPDATE`
@@ -54,6 +55,7 @@ KEY_PREFIX = "kefu-"
 PREFIX_LENGTH = 12  # characters of a key shown in listings: "kefu-" and 7 of the secret
 
 
+READ_ONLY = "kefu_read_only"  # execution option of the engine the read-only sessions use
 MIGRATION_LOCK = 0x6B656675  # "kefu": the PostgreSQL advisory lock migrations hold
 
 
@@ -276,7 +278,10 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # why: see the module docstring
+        # Why IMMEDIATE: see the module docstring. Reads need no write lock: in WAL mode a
+        # plain BEGIN reads a consistent snapshot while a writer works.
+        reading = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -290,6 +295,9 @@ class Store:
         self.url = engine.url.render_as_string(hide_password=True)
         self.dialect = engine.dialect.name
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._reading = sessionmaker(
+            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
         # An in-memory SQLite database is a single shared connection: transactions take turns.
         self._turns = threading.Lock() if _in_memory(engine.url) else contextlib.nullcontext()
 
@@ -453,7 +461,7 @@ class Store:
 
     def conversation(self, conversation_id: str) -> ConversationRecord:
         """A conversation with all its messages, oldest first; NotFound if there is none."""
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             return _conversation_record(session, self._conversation(session, conversation_id))
 
     def open_conversation(self, channel: str, user: str) -> ConversationRecord | None:
@@ -463,7 +471,7 @@ class Store:
         continue this conversation. None when the user has none yet.
         """
         _check(channel, CHANNELS, "channel")
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             row = session.scalar(
                 select(Conversation)
                 .where(
@@ -478,12 +486,12 @@ class Store:
 
     def message(self, message_id: int) -> MessageRecord:
         """One message; NotFound if there is none."""
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             return _record(MessageRecord, self._message(session, message_id))
 
     def message_by_channel_id(self, channel_message_id: str) -> MessageRecord | None:
         """The message a channel delivered with this id (WeChat's MsgId), if it was stored."""
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             row = session.scalar(
                 select(Message).where(Message.channel_message_id == channel_message_id)
             )
@@ -495,7 +503,7 @@ class Store:
         The answer is the next user or assistant message of the conversation, if that is the
         assistant's: a retried delivery gets the same answer again instead of a second one.
         """
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             message = self._message(session, message_id)
             following = session.scalar(
                 select(Message)
@@ -517,7 +525,7 @@ class Store:
         if role is not None:
             _check(role, ROLES, "role")
             query = query.where(Message.role == role)
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             return session.scalar(query)
 
     # -- feedback
@@ -543,7 +551,7 @@ class Store:
         query = select(Feedback).order_by(Feedback.id)
         if message_id is not None:
             query = query.where(Feedback.message_id == message_id)
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             return [_record(FeedbackRecord, row) for row in session.scalars(query)]
 
     # -- hand-offs to a person
@@ -575,7 +583,7 @@ class Store:
         if status is not None:
             _check(status, HANDOFF_STATUSES, "hand-off status")
             query = query.where(Handoff.status == status)
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             return [_record(HandoffRecord, row) for row in session.scalars(query)]
 
     def claim_handoff(self, handoff_id: int, agent: str) -> HandoffRecord:
@@ -637,7 +645,7 @@ class Store:
         """The live key a client presented; None if it is unknown or revoked."""
         # An equality lookup on the hash, not hmac.compare_digest: timing could at most reveal
         # how much of a stored sha256 matches, and that reveals nothing of a 256-bit random key.
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             row = session.scalar(
                 select(ApiKey).where(ApiKey.key_hash == _hash(key), ApiKey.revoked_at.is_(None))
             )
@@ -645,7 +653,7 @@ class Store:
 
     def api_keys(self) -> list[ApiKeyRecord]:
         """Every key, revoked ones included, oldest first."""
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             return [
                 _api_key_record(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.id))
             ]
@@ -681,15 +689,20 @@ class Store:
 
     def ping(self) -> None:
         """Check the database answers; StoreUnavailable if it does not (readiness probes)."""
-        with self._transaction() as session:
+        with self._transaction(write=False) as session:
             session.execute(text("SELECT 1"))
 
     # -- internals
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        """One short transaction, committed when the block ends, rolled back if it raises."""
-        with self._turns, self._translated_errors(), self._sessions.begin() as session:
+    def _transaction(self, write: bool = True) -> Iterator[Session]:
+        """One short transaction, committed when the block ends, rolled back if it raises.
+
+        Args:
+            write: false for a transaction that only reads (on SQLite it then waits for no one).
+        """
+        sessions = self._sessions if write else self._reading
+        with self._turns, self._translated_errors(), sessions.begin() as session:
             yield session
 
     @contextlib.contextmanager

@@ -1,6 +1,7 @@
 import datetime
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
@@ -361,3 +362,19 @@ def test_urls_kefu_cannot_use_are_refused():
         Store.open("mysql://root:secret@localhost/kefu")
     with pytest.raises(StoreError, match="expected sqlite:///"):
         Store.open("kefu.db")
+
+
+def test_on_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
+    path = tmp_path / "kefu.db"
+    with Store.open(f"sqlite:///{path}") as store:
+        key, _ = store.create_api_key("shop", ["chat"])
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            started = time.monotonic()
+            assert store.api_key(key) is not None
+            assert store.count_messages() == 0
+            assert time.monotonic() - started < 1.0  # not the 5 s busy timeout
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
