@@ -29,10 +29,11 @@ import numpy as np
 from kefu.assistant.policy import ConversationState, Decision, Understanding, decide
 from kefu.assistant.sentiment import anger
 from kefu.config import ProjectConfig
-from kefu.data.normalise import count_scripts, language_of, normalise_text
+from kefu.data.normalise import normalise_text
 from kefu.errors import KefuError
 from kefu.infer.generate import SamplingConfig, stream
 from kefu.kb.index import Hit, KnowledgeBase, Lookup
+from kefu.kb.text import language as script_language
 from kefu.nlu.entities import EntityExtractor
 from kefu.nlu.intent import IntentClassifier, load_classifier
 
@@ -173,8 +174,9 @@ class Assistant:
         )
 
     def language(self, text: str) -> str:
-        language = language_of(*count_scripts(text))
-        return language if language in ("en", "zh") else self.config.languages[0]
+        """en or zh by the text's script; the project's first language when it cannot tell."""
+        found = script_language(text)
+        return found if found in ("en", "zh") else self.config.languages[0]
 
     def understand(self, text: str) -> Understanding:
         return self.look([text])[0][0]

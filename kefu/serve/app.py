@@ -70,6 +70,7 @@ def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> F
     app.state.service = ChatService(assistant, store, metrics)
     app.state.service.started_at = time.time()
     app.state.settings = config.serve
+    app.state.page = web.filled_page(assistant)
     app.state.rate_limiter = RateLimiter()
 
     @app.middleware("http")

@@ -176,15 +176,3 @@ class ClaimRequest(BaseModel):
 
     agent: str = Field(min_length=1, max_length=128)
     note: str | None = Field(None, max_length=2000)
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-    request_id: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
