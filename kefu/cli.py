@@ -861,6 +861,12 @@ def serve_command(
     new_key: Annotated[
         bool, typer.Option(help="Create an API key (scopes chat, admin) and print it.")
     ] = False,
+    forwarded_allow_ips: Annotated[
+        str,
+        typer.Option(
+            help="Proxies whose X-Forwarded-For is trusted for the client address (comma-separated, * for any)."
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Serve the assistant: OpenAI-compatible API, web chat page, WeChat (when configured)."""
     import uvicorn
@@ -891,7 +897,9 @@ def serve_command(
     if wechat:
         stdout.print(f"WeChat callback: {url}/channels/wechat")
     if app is not None:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(
+            app, host=host, port=port, log_level="info", forwarded_allow_ips=forwarded_allow_ips
+        )
     else:
         settings.to_environment()
         uvicorn.run(
@@ -901,6 +909,7 @@ def serve_command(
             port=port,
             workers=workers,
             log_level="info",
+            forwarded_allow_ips=forwarded_allow_ips,
         )
 
 
