@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_ID = 2**63 - 1  # the largest row id SQLite and PostgreSQL's bigint hold
+
 
 class Message(BaseModel):
     # OpenAI accepts more roles and content parts than a support chat needs; unknown fields are
@@ -160,7 +162,7 @@ class FeedbackRequest(BaseModel):
 
     # The conversation id proves the caller holds the conversation; message ids are sequential.
     conversation_id: str = Field(max_length=64)
-    message_id: int
+    message_id: int = Field(ge=1, le=MAX_ID)
     rating: Literal[1, -1]
     comment: str | None = Field(None, max_length=2000)
 

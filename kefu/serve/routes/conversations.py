@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 
 from kefu.serve.deps import AdminCaller, ChatCaller, Service
-from kefu.serve.protocol import ClaimRequest, FeedbackRequest, HandoffRequest
+from kefu.serve.protocol import MAX_ID, ClaimRequest, FeedbackRequest, HandoffRequest
 from kefu.store.repository import NotFound
 
 router = APIRouter()
+HandoffId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _plain(record) -> dict:
@@ -72,13 +73,15 @@ async def handoffs(
 
 
 @router.post("/v1/handoffs/{handoff_id}/claim")
-async def claim(handoff_id: int, body: ClaimRequest, caller: AdminCaller, service: Service) -> dict:
+async def claim(
+    handoff_id: HandoffId, body: ClaimRequest, caller: AdminCaller, service: Service
+) -> dict:
     return _plain(await run_in_threadpool(service.store.claim_handoff, handoff_id, body.agent))
 
 
 @router.post("/v1/handoffs/{handoff_id}/resolve")
 async def resolve(
-    handoff_id: int, body: ClaimRequest, caller: AdminCaller, service: Service
+    handoff_id: HandoffId, body: ClaimRequest, caller: AdminCaller, service: Service
 ) -> dict:
     return _plain(
         await run_in_threadpool(service.store.resolve_handoff, handoff_id, body.agent, body.note)
