@@ -68,7 +68,6 @@ def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> F
         description="OpenAI-compatible chat completions with kefu's extension object `kefu`.",
     )
     app.state.service = ChatService(assistant, store, metrics)
-    app.state.service.started_at = time.time()
     app.state.settings = config.serve
     app.state.page = web.filled_page(assistant)
     app.state.rate_limiter = RateLimiter()

@@ -32,7 +32,7 @@ from kefu.serve.metrics import Metrics
 from kefu.serve.protocol import ChatCompletionRequest, KefuResult
 from kefu.serve.security import APIError
 from kefu.store.models import utcnow
-from kefu.store.repository import NotFound, Store
+from kefu.store.repository import ConversationRecord, NotFound, Store
 
 log = logging.getLogger("kefu.serve")
 
@@ -89,6 +89,7 @@ class ChatService:
         self.store = store
         self.metrics = metrics
         self.redact = Redactor()
+        self.started_at = time.time()  # the `created` of the model card
         metrics.set_models(assistant.versions)
         # Channel user → answers the channel still owes them (late ones; see channel_reply).
         self._undelivered: dict[str, list[str]] = {}
@@ -101,12 +102,14 @@ class ChatService:
         request_id: str | None,
         channel_message_id: str | None = None,
         channel: str | None = None,
+        conversation: ConversationRecord | None = None,
     ) -> Started:
         """Store the customer's message and decide the turn (raises APIError for bad requests).
 
         Args:
             channel_message_id: the channel's own id of the message (WeChat's MsgId), unique.
             channel: the channel, when not the request's (`kefu.channel`).
+            conversation: the request's conversation, when the caller has just read it.
         """
         if request.model != self.assistant.name:
             raise APIError(
@@ -126,10 +129,12 @@ class ChatService:
             )
         started = time.perf_counter()
         language = self.assistant.language(text)
+        redacted = self.redact(text)
         conversation_id = request.kefu.conversation_id
         if conversation_id:
             try:
-                conversation = self.store.conversation(conversation_id)
+                if conversation is None or conversation.id != conversation_id:
+                    conversation = self.store.conversation(conversation_id)
             except NotFound:
                 raise APIError(
                     404,
@@ -138,7 +143,7 @@ class ChatService:
                     code="conversation_not_found",
                 ) from None
             user_message_id = self.store.add_user_message(
-                conversation_id, text, self.redact(text), request_id, channel_message_id
+                conversation_id, text, redacted, request_id, channel_message_id
             )
             history = [{"role": m.role, "content": m.text} for m in conversation.messages]
             state = ConversationState(
@@ -170,7 +175,7 @@ class ChatService:
             "%s conversation %s: customer said %r",
             request_id,
             conversation_id,
-            self.redact(text)[:200],
+            redacted[:200],
         )
         turn = self.assistant.turn(text, history, state)
         prompt_tokens = len(turn.prompt) if turn.prompt else self.assistant.count_tokens(text)
@@ -240,15 +245,19 @@ class ChatService:
     def answer(self, started: Started, sampling: SamplingConfig) -> tuple[str, str, int, int]:
         """The whole answer: (text, finish reason, completion tokens, stored message id)."""
         text = "".join(self.pieces(started, sampling))
-        tokens = self.assistant.count_tokens(text)
-        finish_reason = self.finish_reason(started, tokens, sampling)
-        return text, finish_reason, tokens, self.finish(started, text, tokens)
+        return text, *self.complete(started, text, sampling)
 
-    @staticmethod
-    def finish_reason(started: Started, tokens: int, sampling: SamplingConfig) -> str:
-        """`length` when the generator ran out of tokens; FAQ and hand-off answers are whole."""
+    def complete(
+        self, started: Started, text: str, sampling: SamplingConfig
+    ) -> tuple[str, int, int]:
+        """Store a whole answer: (finish reason, completion tokens, stored message id).
+
+        The finish reason is `length` when the generator ran out of tokens; FAQ and hand-off
+        answers are always whole.
+        """
+        tokens = self.assistant.count_tokens(text)
         cut = started.turn.route == "generator" and tokens >= sampling.max_new_tokens
-        return "length" if cut else "stop"
+        return "length" if cut else "stop", tokens, self.finish(started, text, tokens)
 
     # -- channels without streaming (WeChat) ------------------------------------------------
 
@@ -321,7 +330,7 @@ class ChatService:
                 "kefu": {"conversation_id": conversation.id if conversation else None},
             }
         )
-        started = self.begin(request, request_id, channel_message_id, channel=channel)
+        started = self.begin(request, request_id, channel_message_id, channel, conversation)
         reply, *_ = self.answer(started, self.assistant.sampling())
         return self.channel_text(reply, started.turn.route, started.turn.sources())
 

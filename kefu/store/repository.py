@@ -152,29 +152,21 @@ class NewMessage(TypedDict):
     tokens: NotRequired[int | None]
 
 
-Record = TypeVar("Record", MessageRecord, FeedbackRecord, HandoffRecord)
+Record = TypeVar("Record", MessageRecord, FeedbackRecord, HandoffRecord, ConversationRecord)
 
 
-def _record(kind: type[Record], row: Any) -> Record:
-    """Copy an ORM row into a record whose fields are named like its columns."""
-    return kind(**{field.name: getattr(row, field.name) for field in dataclasses.fields(kind)})
+def _record(kind: type[Record], row: Any, **given: Any) -> Record:
+    """Copy an ORM row into a record whose fields are named like its columns; `given` fields
+    (those that are not columns) are passed in."""
+    columns = (field.name for field in dataclasses.fields(kind) if field.name not in given)
+    return kind(**{name: getattr(row, name) for name in columns}, **given)
 
 
 def _conversation_record(session: Session, row: Conversation) -> ConversationRecord:
     messages = session.scalars(
         select(Message).where(Message.conversation_id == row.id).order_by(Message.id)
     )
-    return ConversationRecord(
-        id=row.id,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        channel=row.channel,
-        user=row.user,
-        language=row.language,
-        status=row.status,
-        low_confidence_streak=row.low_confidence_streak,
-        messages=[_record(MessageRecord, message) for message in messages],
-    )
+    return _record(ConversationRecord, row, messages=[_record(MessageRecord, m) for m in messages])
 
 
 def _api_key_record(row: ApiKey) -> ApiKeyRecord:

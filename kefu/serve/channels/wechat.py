@@ -61,12 +61,12 @@ from xml.parsers import expat
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kefu.config import StrictModel
 from kefu.errors import KefuError
-from kefu.serve.security import error_body
+from kefu.serve.security import APIError
 
 PATH = "/channels/wechat"
 NO_REPLY = "success"
@@ -87,28 +87,24 @@ RANDOM_PREFIX_BYTES = 16
 _XML_INVALID = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
-class WeChatError(KefuError):
-    """A callback WeChat (or someone pretending to be WeChat) sent that cannot be accepted.
+class WeChatError(APIError):
+    """A callback WeChat (or someone pretending to be WeChat) sent that cannot be accepted; the
+    app answers it like any APIError, as a JSON error with the request id.
 
-    Attributes:
-        status_code: the HTTP status it is answered with (400 malformed, 403 not authentic).
-        code: a stable machine-readable name, e.g. "invalid_signature".
-        param: the query parameter or XML field at fault, when there is one.
+    `code` is a stable machine-readable name ("invalid_signature"), `param` the query parameter
+    or XML field at fault; 400 for a malformed callback, 403 for one that is not authentic.
     """
 
     def __init__(
         self, message: str, *, code: str, status_code: int = 400, param: str | None = None
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status_code = status_code
-        self.param = param
+        # A forbidden request is named by what failed; malformed ones share OpenAI's type.
+        kind = code if status_code == 403 else "invalid_request_error"
+        super().__init__(status_code, message, kind, param, code)
 
     @property
-    def type(self) -> str:
-        # A forbidden request is named by what failed; malformed ones share OpenAI's type.
-        return self.code if self.status_code == 403 else "invalid_request_error"
+    def status_code(self) -> int:
+        return self.status
 
 
 class WeChatConfig(StrictModel):
@@ -483,12 +479,6 @@ def _required(query: Any, *names: str) -> list[str]:
     return [query[name] for name in names]
 
 
-def _error_response(error: WeChatError, request: Request) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None)
-    body = error_body(error.message, error.type, request_id, error.param, error.code)
-    return JSONResponse(body, status_code=error.status_code)
-
-
 async def _answer(request: Request, config: WeChatConfig, message: WeChatMessage) -> str | None:
     """The text to send back, or None for "no reply"."""
     service = request.app.state.service
@@ -565,22 +555,16 @@ def router(config: WeChatConfig) -> APIRouter:
 
     @api.get(PATH, response_class=PlainTextResponse)
     async def verify_url(request: Request) -> Response:
-        try:
-            signature, timestamp, nonce, echostr = _required(
-                request.query_params, "signature", "timestamp", "nonce", "echostr"
-            )
-            verify_signature(signature, config.token, timestamp, nonce)
-        except WeChatError as error:
-            return _error_response(error, request)
+        signature, timestamp, nonce, echostr = _required(
+            request.query_params, "signature", "timestamp", "nonce", "echostr"
+        )
+        verify_signature(signature, config.token, timestamp, nonce)
         return PlainTextResponse(echostr)
 
     @api.post(PATH)
     async def receive(request: Request) -> Response:
-        try:
-            xml, safe = _incoming_xml(config, request.query_params, await request.body())
-            message = parse_message(xml)
-        except WeChatError as error:
-            return _error_response(error, request)
+        xml, safe = _incoming_xml(config, request.query_params, await request.body())
+        message = parse_message(xml)
         answer = await _answer(request, config, message)
         if answer is None:
             return PlainTextResponse(NO_REPLY)

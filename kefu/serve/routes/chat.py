@@ -70,10 +70,9 @@ async def chat_completions(
             while (piece := await run_in_threadpool(next, pieces, None)) is not None:
                 parts.append(piece)
                 yield chunk(choices=[ChunkChoice(delta=Delta(content=piece))])
-            text = "".join(parts)
-            tokens = service.assistant.count_tokens(text)
-            finish_reason = service.finish_reason(started, tokens, sampling)
-            message_id = await run_in_threadpool(service.finish, started, text, tokens)
+            finish_reason, tokens, message_id = await run_in_threadpool(
+                service.complete, started, "".join(parts), sampling
+            )
             finished = True
             yield chunk(
                 choices=[ChunkChoice(delta=Delta(), finish_reason=finish_reason)],
