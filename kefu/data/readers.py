@@ -671,11 +671,16 @@ def read_clinc150(src: SourceFile, options: ReadOptions) -> Iterator[Item]:
         if isinstance(data, dict)
         else []
     )
-    if not keys:
+    if not keys or not any(data[k] for k in keys):
         yield Reject(
             src.name, None, "empty", 'expected CLINC150\'s {"train": [[text, intent], …], …}', ""
         )
         return
+    for key in data.keys() - keys:
+        known = ", ".join(f"{k}, oos_{k}" for k in CLINC_SPLITS)
+        yield Reject(
+            src.name, None, "bad_row", f"unknown key {key!r}; CLINC150 has {known}", data[key]
+        )
     for key in keys:
         split = CLINC_SPLITS[key.removeprefix("oos_")]
         if not isinstance(data[key], list):
