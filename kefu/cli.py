@@ -9,10 +9,11 @@ Results go to stdout, progress and notes to stderr (`--quiet` hides them).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -889,6 +890,10 @@ def serve_command(
         key, _ = store.create_api_key("kefu serve --new-key", ["chat", "admin"])
         store.close()
     note(f"loading {project} …")
+    if workers > 1:  # the workers would race to push the build's models: push them once here
+        with _registry_of(project, database) as registry:
+            for line in registry.register_build():
+                note(f"model registry: {line}")
     app = create_app(settings) if workers == 1 else None
     url = f"http://{host}:{port}"
     stdout.print(f"kefu is serving {project} at [bold]{url}[/] (web chat page; API at {url}/v1)")
@@ -971,6 +976,183 @@ def keys_revoke(
     stdout.print(f"revoked {record.prefix}… ({record.name})")
 
 
+@contextlib.contextmanager
+def _registry_of(project: Path, database: str | None) -> Iterator[Any]:
+    from kefu.project import load_project
+    from kefu.registry import Registry
+
+    store = _store_of(project, database)
+    try:
+        yield Registry(load_project(project), store)
+    finally:
+        store.close()
+
+
+ProjectArgument = Annotated[Path, typer.Argument(help="Project folder (or its kefu.yaml).")]
+KindArgument = Annotated[str, typer.Argument(help="intent/<language>, kb or generator.")]
+VersionArgument = Annotated[str, typer.Argument(help="v1, v2, … (`kefu models list`).")]
+WaitOption = Annotated[
+    float,
+    typer.Option(
+        help="Seconds to wait for every running server process to serve the change (0: do not wait)."
+    ),
+]
+
+
+def _evaluation(evaluation: dict[str, Any]) -> str:
+    if evaluation.get("metric") is None:
+        return f"not evaluated ({evaluation.get('why', '')})"
+    return f"{evaluation['metric']} {evaluation['value']:.4g} ({evaluation['examples']:,} held out)"
+
+
+def models_list(project: ProjectArgument, database: DatabaseOption = None) -> None:
+    """Every pushed version of each model, with its evaluation and what serves now."""
+    with _registry_of(project, database) as registry:
+        versions = registry.versions()
+        serving = {d.kind: d for d in registry.store.deployments()}
+    table = Table("kind", "version", "serving", "evaluation", "pushed", "from")
+    for v in versions:
+        deployment = serving.get(v.kind)
+        role = ""
+        if deployment and deployment.live == v.version:
+            role = "live"
+        elif deployment and deployment.candidate == v.version:
+            role = f"canary {100 * deployment.canary_share:g}%"
+        table.add_row(
+            v.kind,
+            v.version,
+            role,
+            _evaluation(v.evaluation),
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+            v.source,
+        )
+    stdout.print(table)
+
+
+def models_push(
+    project: ProjectArgument,
+    kind: KindArgument,
+    folder: Annotated[
+        Path, typer.Argument(help="The model folder (a training run, a build output).")
+    ],
+    note_text: Annotated[str | None, typer.Option("--note", help="What changed.")] = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Add a version: copied into the registry, loaded, smoke-tested and evaluated. It serves
+    nobody until `promote` or `canary`."""
+    with _registry_of(project, database) as registry:
+        record, new = registry.push(kind, folder, note_text)
+        live = registry.deployment(kind)
+    said = "pushed as" if new else "already pushed as"
+    stdout.print(f"{kind} {said} {record.version}: {_evaluation(record.evaluation)}")
+    if live is not None and live.live != record.version:
+        stdout.print(f"live is {live.live}; next: `kefu models canary` or `kefu models promote`")
+
+
+def _said(kind: str, promotion: Any) -> None:
+    deployment = promotion.deployment
+    serving = f"{kind}: {deployment.live} live"
+    if deployment.candidate:
+        serving += (
+            f", {deployment.candidate} on {100 * deployment.canary_share:g}% of new conversations"
+        )
+    stdout.print(f"{serving} ({promotion.gate})")
+    if promotion.workers:
+        stdout.print(f"served by {len(promotion.workers)} server process(es) now")
+
+
+def models_promote(
+    project: ProjectArgument,
+    kind: KindArgument,
+    version: VersionArgument,
+    force: Annotated[
+        bool, typer.Option(help="Promote even if its evaluation is worse than the live one's.")
+    ] = False,
+    wait: WaitOption = 60,
+    database: DatabaseOption = None,
+) -> None:
+    """Make a version live for every conversation, if its held-out evaluation is not worse
+    than the live version's by more than `registry.promote_margin`."""
+    with _registry_of(project, database) as registry:
+        _said(kind, registry.promote(kind, version, force, wait or None))
+
+
+def models_rollback(
+    project: ProjectArgument,
+    kind: KindArgument,
+    wait: WaitOption = 60,
+    database: DatabaseOption = None,
+) -> None:
+    """Return to the version that was live before the current one."""
+    with _registry_of(project, database) as registry:
+        _said(kind, registry.rollback(kind, wait or None))
+
+
+def models_canary(
+    project: ProjectArgument,
+    kind: KindArgument,
+    version: Annotated[
+        str | None, typer.Argument(help="The candidate (v2, …); leave out with --stop.")
+    ] = None,
+    share: Annotated[float, typer.Option(help="Share of new conversations it gets, 0–1.")] = 0.1,
+    stop: Annotated[
+        bool, typer.Option(help="End the canary: the live version serves all.")
+    ] = False,
+    wait: WaitOption = 60,
+    database: DatabaseOption = None,
+) -> None:
+    """Try a version on a share of new conversations; compare with `kefu models status`."""
+    with _registry_of(project, database) as registry:
+        if stop:
+            _said(kind, registry.end_canary(kind, wait or None))
+        elif version is None:
+            raise KefuError("name the candidate version (or give --stop to end the canary)")
+        else:
+            _said(kind, registry.canary(kind, version, share, wait or None))
+
+
+def models_status(
+    project: ProjectArgument,
+    hours: Annotated[float, typer.Option(help="Figures over the last this many hours.")] = 24,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """What serves each kind, each serving version's turns, routes, latency and feedback, and
+    the server processes with the revision each serves (and any load error)."""
+    import datetime
+
+    from kefu.store.models import utcnow
+
+    with _registry_of(project, database) as registry:
+        report = registry.status(utcnow() - datetime.timedelta(hours=hours))
+    if as_json:
+        stdout.print_json(data=report)
+        return
+    table = Table("kind", "version", "role", "turns", "routes", "p50 ms", "👍", "👎")
+    for kind, state in report["kinds"].items():
+        for version, figures in state["versions"].items():
+            role = (
+                "live" if version == state["live"] else f"canary {100 * state['canary_share']:g}%"
+            )
+            p50 = figures["latency_ms_p50"]
+            table.add_row(
+                kind,
+                version,
+                role,
+                str(figures["turns"]),
+                ", ".join(f"{r} {n}" for r, n in sorted(figures["routes"].items())),
+                "" if p50 is None else f"{p50:.0f}",
+                str(figures["thumbs_up"]),
+                str(figures["thumbs_down"]),
+            )
+    stdout.print(table)
+    for worker in report["workers"]:
+        problem = f" — could not load: {worker['error']}" if worker["error"] else ""
+        stdout.print(f"server {worker['id']}: revision {worker['revision']}{problem}")
+    if not report["workers"]:
+        stdout.print("no server process is running on this database")
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "init": init_command,
     "build": build_command,
@@ -997,6 +1179,12 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "keys create": keys_create,
     "keys list": keys_list,
     "keys revoke": keys_revoke,
+    "models list": models_list,
+    "models push": models_push,
+    "models promote": models_promote,
+    "models rollback": models_rollback,
+    "models canary": models_canary,
+    "models status": models_status,
 }
 GROUPS = {
     "config": "Validate project files and recipes.",
@@ -1007,6 +1195,7 @@ GROUPS = {
     "eval": "Evaluate trained models on held-out data.",
     "kb": "Build and search knowledge bases (FAQ, documents, record databases).",
     "keys": "API keys of the server (stored hashed).",
+    "models": "The model registry: push, canary, promote (evaluation-gated), roll back.",
 }
 
 

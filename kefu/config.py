@@ -324,6 +324,35 @@ class ServeConfig(StrictModel):
     )
 
 
+class RegistryConfig(StrictModel):
+    """The model registry: pushed versions of each model, and how a new one goes live."""
+
+    path: str | None = Field(
+        None,
+        description="Folder of pushed versions; none: <build_dir>/registry. Replicas on several "
+        "machines need it on storage they all mount.",
+    )
+    promote_margin: float = Field(
+        0.02,
+        ge=0,
+        description="`kefu models promote` refuses a version whose held-out score is worse than "
+        "the live one's by more than this fraction of it (0.02: 2%), unless --force.",
+    )
+    poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often each server process checks for a change."
+    )
+    promote_build: bool = Field(
+        True,
+        description="`kefu serve` pushes the models `kefu build` made and promotes a changed one "
+        "through the same evaluation gate; false: only `kefu models promote` changes what serves.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else resolve_path(value, info)
+
+
 class ProjectConfig(StrictModel):
     """A kefu project (`kefu.yaml`): its data, tokenizer, knowledge base and assistant."""
 
@@ -346,6 +375,9 @@ class ProjectConfig(StrictModel):
         default_factory=AssistantConfig, description="Persona and hand-off policy."
     )
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The server.")
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig, description="Model versions, promotion and rollback."
+    )
 
     @field_validator("build_dir")
     @classmethod

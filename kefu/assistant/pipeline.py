@@ -17,6 +17,7 @@ left out and said so, except that an assistant needs at least a knowledge base o
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -40,6 +41,7 @@ from kefu.nlu.intent import IntentClassifier, load_classifier
 # Intent models whose answer for a message does not depend on the others in its batch (the
 # encoder masks the padding out of its mean pooling).
 POOLED = ("embed", "finetune")
+UNDERSTANDING = threading.Lock()  # the process's one understanding lane (see Assistant)
 
 
 class BatchLane:
@@ -50,10 +52,18 @@ class BatchLane:
     once; under load, one encoder pass serves many messages.
     """
 
-    def __init__(self, work: Callable[[list[Any]], list[Any]], max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        work: Callable[[list[Any]], list[Any]],
+        max_batch: int = 32,
+        running: threading.Lock | None = None,
+    ) -> None:
+        """Args:
+        running: the lock a batch holds while it runs; lanes that share one take turns.
+        """
         self.work = work
         self.max_batch = max_batch
-        self._running = threading.Lock()
+        self._running = running or threading.Lock()
         self._queue = threading.Lock()
         self._waiting: list[tuple[Any, Future]] = []
 
@@ -102,13 +112,92 @@ def source_of(hit: Hit) -> dict[str, Any]:
     return {"id": hit.id, "title": hit.title, "url": hit.url or None, "snippet": hit.snippet()}
 
 
-def _version(path: Path) -> str:
+def model_kinds(config: ProjectConfig) -> dict[str, Path]:
+    """The models a project serves, by kind (intent/<language>, kb, generator), and the folder
+    `kefu build` makes each in. The kinds are what the model registry versions."""
+    build = Path(config.build_dir)
+    kinds = {
+        f"intent/{language}": build / "intents" / language / "model"
+        for language in (config.intents.recipes if config.intents else [])
+    }
+    kb = config.knowledge_base
+    if kb.sources or kb.documents or (build / "kb" / "manifest.json").exists():
+        kinds["kb"] = build / "kb"
+    if config.generator:
+        kinds["generator"] = build / "generator"
+    return kinds
+
+
+def _loader(kind: str) -> Callable[[Path], Any]:
+    from kefu.models.checkpoint import load_run
+
+    loaders: dict[str, Callable[[Path], Any]] = {
+        "intent": load_classifier,
+        "kb": KnowledgeBase.load,
+        "generator": load_run,
+    }
+    family = kind.split("/")[0]
+    if family not in loaders:
+        raise KefuError(f"unknown model kind {kind!r}; kinds are intent/<language>, kb, generator")
+    return loaders[family]
+
+
+BUILT_MARKER = {"intent": "config.json", "kb": "manifest.json", "generator": "model.safetensors"}
+
+
+def load_model(kind: str, folder: Path) -> Any:
+    """Load one model of a kind from its folder; any failure (a missing or corrupt file, a
+    wrong kind of folder) is a KefuError that names the folder."""
+    loader = _loader(kind)
+    if not (folder / BUILT_MARKER[kind.split("/")[0]]).exists():
+        raise KefuError(f"{folder}: no {kind} model here; run `kefu build` first")
+    try:
+        return loader(folder)
+    except KefuError:
+        raise
+    except Exception as err:  # safetensors, JSON, torch: all mean "this folder is unusable"
+        raise KefuError(f"{folder}: the {kind} model cannot be loaded: {err}") from err
+
+
+def smoke_test(kind: str, model: Any) -> None:
+    """Use a freshly loaded model once, as a request would, before it may serve; KefuError if
+    it fails or its weights are not finite numbers."""
+    import torch
+
+    from kefu.infer.generate import generate
+
+    try:
+        if kind.startswith("intent/"):
+            (prediction,) = model.predict(["hello"], top_k=1)
+            if not math.isfinite(prediction.confidence):
+                raise KefuError("its confidence is not a number")
+        elif kind == "kb":
+            model.lookup("hello", k=1)
+        else:
+            if not all(bool(torch.isfinite(p).all()) for p in model.model.parameters()):
+                raise KefuError("its weights hold NaN or infinity")
+            prompt = model.tokenizer.render(
+                [{"role": "user", "content": "hello"}], add_generation_prompt=True
+            ).ids
+            generate(model.model, model.tokenizer, [prompt], SamplingConfig(max_new_tokens=2))
+    except Exception as err:
+        raise KefuError(f"the {kind} model failed its smoke test: {err}") from err
+
+
+def file_version(path: Path) -> str:
     """A short fingerprint of a model file, so every stored turn names the exact model."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:12]
+
+
+VERSIONED_FILE = {
+    "intent": "model.safetensors",
+    "kb": "manifest.json",
+    "generator": "model.safetensors",
+}
 
 
 @dataclass
@@ -127,40 +216,50 @@ class Assistant:
         # between threads): understanding messages, batched across the requests waiting for
         # it, and generating replies. A quick FAQ turn then never waits behind someone else's
         # long reply, and each lane keeps one core busy (`kefu serve` gives torch half the
-        # cores per operation).
-        self.understanding = BatchLane(self.look)
+        # cores per operation). The understanding lane is one per process: assistants of
+        # several versions (a canary) share their unchanged models, and those models' tokenizers.
+        self.understanding = BatchLane(self.look, running=UNDERSTANDING)
         self.generator_lock = threading.Lock()
 
     @classmethod
     def load(cls, config: ProjectConfig) -> Assistant:
         """Load what `kefu build` made for this project."""
-        from kefu.models.checkpoint import load_run
+        models, versions = {}, {}
+        for kind, folder in model_kinds(config).items():
+            models[kind] = load_model(kind, folder)
+            versions[kind] = file_version(folder / VERSIONED_FILE[kind.split("/")[0]])
+        return cls.assemble(config, models, versions)
 
-        build = Path(config.build_dir)
-        assistant = cls(config)
-        for language in config.intents.recipes if config.intents else []:
-            folder = build / "intents" / language / "model"
-            if not (folder / "config.json").exists():
-                raise KefuError(f"{folder}: intent model not built; run `kefu build` first")
-            assistant.intents[language] = load_classifier(folder)
-            assistant.versions[f"intent/{language}"] = _version(folder / "model.safetensors")
-        kb_folder = build / "kb"
-        if (kb_folder / "manifest.json").exists():
-            assistant.knowledge_base = KnowledgeBase.load(kb_folder)
-            assistant.versions["kb"] = _version(kb_folder / "manifest.json")
-        generator = build / "generator"
-        if config.generator:
-            if not (generator / "model.safetensors").exists():
-                raise KefuError(f"{generator}: generator not built; run `kefu build` first")
-            assistant.generator = load_run(generator)
-            assistant.versions["generator"] = _version(generator / "model.safetensors")
+    @classmethod
+    def assemble(
+        cls, config: ProjectConfig, models: dict[str, Any], versions: dict[str, str]
+    ) -> Assistant:
+        """An assistant of loaded models by kind (see `model_kinds`), with their versions."""
+        assistant = cls(config, versions=dict(versions))
+        for kind, model in models.items():
+            if kind.startswith("intent/"):
+                assistant.intents[kind.removeprefix("intent/")] = model
+            elif kind == "kb":
+                assistant.knowledge_base = model
+            else:
+                assistant.generator = model
+        if assistant.generator is not None:
             assistant.check_prompt_room()
         if assistant.knowledge_base is None and assistant.generator is None:
             raise KefuError(
-                f"{build} has neither a knowledge base nor a generator; configure "
+                f"{config.build_dir} has neither a knowledge base nor a generator; configure "
                 "`knowledge_base:` or `generator:` in kefu.yaml and run `kefu build`"
             )
         return assistant
+
+    def models(self) -> dict[str, Any]:
+        """The loaded models by kind: what `assemble` takes."""
+        found: dict[str, Any] = {f"intent/{lang}": model for lang, model in self.intents.items()}
+        if self.knowledge_base is not None:
+            found["kb"] = self.knowledge_base
+        if self.generator is not None:
+            found["generator"] = self.generator
+        return found
 
     @property
     def name(self) -> str:

@@ -10,6 +10,14 @@ back (kefu.models.hf_export).
 
 Incremental decoding keeps a preallocated key/value cache; prompts of different lengths are
 left-padded, with a key mask and positions that start at 0 on each prompt's first real token.
+
+Continuous batching (kefu.infer.engine) uses a `SlotCache` instead: one row per sequence, each
+row at its own length, so sequences join and leave between steps without padding:
+
+    prompt ─ prefill alone (B=1 KVCache) ─ copy ─► free row ─┐
+                                                            ▼
+    rows 0..n-1 ─ decode_slots: one token per row at its own position ─► logits (n, vocab)
+                  (attends over keys[:, :n, :, :longest+1], masked per row)
 """
 
 from __future__ import annotations
@@ -115,6 +123,73 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+class SlotCache:
+    """Keys and values for up to `slots` sequences that start and stop independently.
+
+    Every sequence owns a row and its own length; none is padded, each starts at position 0 of
+    its row. The active ones fill rows 0..active-1 (when one leaves, the last moves into its row)
+    so that a step attends over a view of the first rows instead of gathering scattered ones.
+    """
+
+    def __init__(
+        self, config: GPTConfig, slots: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        shape = (config.n_layer, slots, config.kv_heads, config.context_length, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths: list[int] = []  # tokens held by each active row, in row order
+        # Where each active row stores its one new token during a step; set by begin_step.
+        self.positions = torch.zeros(0, dtype=torch.long, device=device)
+        self.span = 0  # keys a step attends over: the longest row, its new token included
+
+    @property
+    def active(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def free(self) -> int:
+        return self.keys.shape[1] - self.active
+
+    def add(self, cache: KVCache) -> int:
+        """Copy a one-sequence, unpadded cache (a prompt prefilled alone) into a free row; its row."""
+        if cache.keys.shape[1] != 1 or cache.key_mask is not None:
+            raise ValueError("only an unpadded cache of one sequence fits in a row")
+        if not self.free:
+            raise ValueError(f"all {self.keys.shape[1]} rows are taken; remove one first")
+        row, length = self.active, cache.length
+        self.keys[:, row, :, :length] = cache.keys[:, 0, :, :length]
+        self.values[:, row, :, :length] = cache.values[:, 0, :, :length]
+        self.lengths.append(length)
+        return row
+
+    def remove(self, row: int) -> None:
+        """Free `row`; the last active row moves into it (so remove several from the last down)."""
+        last = self.active - 1
+        if row != last:
+            length = self.lengths[last]
+            self.keys[:, row, :, :length] = self.keys[:, last, :, :length]
+            self.values[:, row, :, :length] = self.values[:, last, :, :length]
+            self.lengths[row] = length
+        self.lengths.pop()
+
+    def begin_step(self) -> Tensor:
+        """Positions (active,) of the token each row is about to add: its length."""
+        self.positions = torch.tensor(self.lengths, device=self.keys.device)
+        self.span = max(self.lengths) + 1
+        return self.positions
+
+    def store(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        # keys, values: (active, KV, 1, D), each row's new token, written at that row's position.
+        rows = torch.arange(self.active, device=keys.device)
+        self.keys[layer][rows, :, self.positions] = keys[:, :, 0]
+        self.values[layer][rows, :, self.positions] = values[:, :, 0]
+        n, span = self.active, self.span
+        return self.keys[layer, :n, :, :span], self.values[layer, :n, :, :span]
+
+    def end_step(self) -> None:
+        self.lengths = [length + 1 for length in self.lengths]
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
@@ -126,7 +201,12 @@ class Attention(nn.Module):
         self.split = (q_width, kv_width, kv_width)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | SlotCache | None,
     ) -> Tensor:
         B, T, _ = x.shape
         c = self.config
@@ -167,7 +247,12 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | SlotCache | None,
     ) -> Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
         return x + self.mlp(self.mlp_norm(x))
@@ -249,15 +334,24 @@ class GPT(nn.Module):
         parameter = self.embed.weight
         return KVCache(self.config, batch, capacity, parameter.dtype, parameter.device)
 
+    def new_slots(self, slots: int) -> SlotCache:
+        parameter = self.embed.weight
+        return SlotCache(self.config, slots, parameter.dtype, parameter.device)
+
+    def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Raise a KefuError if a prompt and its reply may not fit the context."""
+        if prompt_tokens + max_new_tokens > self.config.context_length:
+            raise KefuError(
+                f"a prompt of {prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the "
+                f"model's context of {self.config.context_length} tokens; shorten the prompt or "
+                "ask for fewer tokens"
+            )
+
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[Tensor, KVCache]:
         """Run the prompts (left-padded to one length) and return their last logits (B, vocab)."""
         longest = max(len(p) for p in prompts)
-        if longest + max_new_tokens > self.config.context_length:
-            raise KefuError(
-                f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the model's "
-                f"context of {self.config.context_length} tokens; shorten the prompt or ask for fewer tokens"
-            )
+        self.check_room(longest, max_new_tokens)
         device = self.embed.weight.device
         cache = self.new_cache(len(prompts), longest + max_new_tokens)
         ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts], device=device)
@@ -284,3 +378,36 @@ class GPT(nn.Module):
         logits = self.forward(ids[:, None], cache, positions)
         cache.next_position = cache.next_position + 1
         return logits[:, -1]
+
+    @torch.no_grad()
+    def prefill_slot(self, prompt: list[int], slots: SlotCache) -> Tensor:
+        """Run one prompt alone into a free row of `slots`; logits (vocab,) of the token after it.
+
+        Alone, the prompt needs neither padding nor a mask: the same computation as `prefill`.
+        """
+        cache = self.new_cache(1, len(prompt))
+        logits = self.forward(torch.tensor([prompt], device=self.embed.weight.device), cache)
+        slots.add(cache)
+        return logits[0, -1]
+
+    @torch.no_grad()
+    def decode_slots(self, ids: Tensor, slots: SlotCache) -> Tensor:
+        """Logits (active, vocab) after one more token for every active row, ids (active,).
+
+        Each row's token goes at the row's own position and attends only to that row's keys.
+        """
+        if max(slots.lengths) >= self.config.context_length:
+            raise KefuError(
+                f"a sequence has filled the model's context of {self.config.context_length} tokens"
+            )
+        positions = slots.begin_step()  # (n,)
+        cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]
+        mask = None  # rows of one length attend to all their keys, SDPA's fast path
+        if len(set(slots.lengths)) > 1:
+            keys = torch.arange(slots.span, device=ids.device)
+            mask = (keys[None, :] <= positions[:, None])[:, None, None]  # (n, 1, 1, span)
+        x = self.embed(ids[:, None])  # (n, 1, C)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, slots)
+        slots.end_step()
+        return self.lm_head(self.norm(x))[:, -1]

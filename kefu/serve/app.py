@@ -28,8 +28,9 @@ from starlette.exceptions import HTTPException
 from kefu.assistant.pipeline import Assistant
 from kefu.errors import KefuError
 from kefu.project import load_project
+from kefu.serve.deployment import Deployments, Serving
 from kefu.serve.metrics import Metrics
-from kefu.serve.routes import chat, conversations, health, models, web
+from kefu.serve.routes import admin, chat, conversations, health, models, web
 from kefu.serve.security import APIError, RateLimiter, RequestIdAndBodyLimit, error_body
 from kefu.serve.service import ChatService
 from kefu.serve.settings import ServeSettings
@@ -43,15 +44,29 @@ def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> F
     """The app for a built project.
 
     Args:
-        assistant: an already loaded assistant of the same project (tests share one).
+        assistant: an already loaded assistant of the same project, from its build folder
+            (tests share one); it serves the versions that build became in the registry.
     """
     config = load_project(settings.project)
     # The assistant runs two lanes of model work at once (understanding, generation): half
     # the cores each, so they do not fight over the same ones.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    assistant = assistant or Assistant.load(config)
     store = Store.open(settings.database_url(config))
     metrics = Metrics()
+
+    def swapped(serving: Serving) -> None:
+        canaries = {
+            kind: (share, version) for kind, (share, version, _) in serving.canaries.items()
+        }
+        metrics.set_models(serving.revision, serving.live_versions, canaries)
+
+    deployments = Deployments(config, store, on_swap=swapped)
+    try:
+        for line in deployments.start(preloaded=assistant):
+            log.info("model registry: %s", line)
+    except BaseException:
+        store.close()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -59,6 +74,7 @@ def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> F
         # streams waiting to generate would leave none for quick FAQ turns or /readyz.
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         yield
+        deployments.stop()
         store.close()
 
     app = FastAPI(
@@ -67,9 +83,9 @@ def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> F
         version="1",
         description="OpenAI-compatible chat completions with kefu's extension object `kefu`.",
     )
-    app.state.service = ChatService(assistant, store, metrics)
+    app.state.service = ChatService(deployments, store, metrics)
     app.state.settings = config.serve
-    app.state.page = web.filled_page(assistant)
+    app.state.page = web.filled_page(deployments.serving.live)
     app.state.rate_limiter = RateLimiter()
 
     @app.middleware("http")
@@ -92,7 +108,7 @@ def create_app(settings: ServeSettings, assistant: Assistant | None = None) -> F
         )
     app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=config.serve.max_body_bytes)
     _error_handlers(app)
-    for module in (chat, models, conversations, health, web):
+    for module in (chat, models, conversations, health, web, admin):
         app.include_router(module.router)
     if settings.wechat is not None:
         from kefu.serve.channels import wechat

@@ -29,11 +29,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.turns = Counter("kefu_turns", "Answered turns by route.", ["route"], registry=r)
+        # `versions` names the model versions that answered ("generator=v2 intent/en=v1 kb=v1"),
+        # so a canary's turns, latency and feedback can be told from the live version's.
+        self.turns = Counter(
+            "kefu_turns", "Answered turns by route and versions.", ["route", "versions"], registry=r
+        )
         self.turn_seconds = Histogram(
             "kefu_turn_seconds",
-            "Time from the message to the whole answer, by route.",
-            ["route"],
+            "Time from the message to the whole answer, by route and versions.",
+            ["route", "versions"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -51,16 +55,36 @@ class Metrics:
             registry=r,
         )
         self.model_info = Gauge(
-            "kefu_model_info", "The live model versions (value 1).", ["kind", "version"], registry=r
+            "kefu_model_info",
+            "The serving model versions (value: the share of new conversations they get).",
+            ["kind", "version", "role"],
+            registry=r,
+        )
+        self.registry_revision = Gauge(
+            "kefu_registry_revision", "The model registry revision this process serves.", registry=r
         )
         self.feedback = Counter(
-            "kefu_feedback", "Thumbs up (1) and down (-1).", ["rating"], registry=r
+            "kefu_feedback",
+            "Thumbs up (1) and down (-1), by the versions that answered.",
+            ["rating", "versions"],
+            registry=r,
         )
 
-    def set_models(self, versions: dict[str, str]) -> None:
+    @staticmethod
+    def versions_label(versions: dict[str, str]) -> str:
+        return " ".join(f"{kind}={version}" for kind, version in sorted(versions.items()))
+
+    def set_models(
+        self, revision: int, live: dict[str, str], canaries: dict[str, tuple[float, str]]
+    ) -> None:
+        """The versions now serving: live ones, and canary candidates with their shares."""
         self.model_info.clear()
-        for kind, version in versions.items():
-            self.model_info.labels(kind, version).set(1)
+        for kind, version in live.items():
+            share = 1 - canaries[kind][0] if kind in canaries else 1
+            self.model_info.labels(kind, version, "live").set(share)
+        for kind, (share, version) in canaries.items():
+            self.model_info.labels(kind, version, "candidate").set(share)
+        self.registry_revision.set(revision)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ client passes it with `extra_body={"kefu": {...}}` and shows it in `response.mod
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,3 +178,46 @@ class ClaimRequest(BaseModel):
 
     agent: str = Field(min_length=1, max_length=128)
     note: str | None = Field(None, max_length=2000)
+
+
+# -- /admin/models: the model registry (kefu.registry), as `kefu models` drives it
+
+Kind = Annotated[
+    str, Field(min_length=1, max_length=32, description="intent/<language>, kb or generator.")
+]
+Version = Annotated[
+    str, Field(min_length=1, max_length=16, description="v1, v2, … (`kefu models list`).")
+]
+WaitSeconds = Annotated[
+    float,
+    Field(30, ge=0, le=300, description="Wait this long for every server process to serve it."),
+]
+
+
+class PushRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Kind
+    path: str = Field(min_length=1, max_length=4096, description="A model folder on the server.")
+    note: str | None = Field(None, max_length=2000)
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Kind
+    version: Version
+    force: bool = Field(False, description="Promote even if its evaluation is worse.")
+    wait_s: WaitSeconds = 30
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Kind
+    wait_s: WaitSeconds = 30
+
+
+class CanaryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Kind
+    version: Version | None = Field(None, description="The candidate; none: end the canary.")
+    share: float = Field(0.1, gt=0, lt=1, description="Share of new conversations it gets.")
+    wait_s: WaitSeconds = 30

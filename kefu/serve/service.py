@@ -28,6 +28,7 @@ from kefu.assistant.pipeline import Assistant, Turn
 from kefu.assistant.policy import ConversationState
 from kefu.data.pii import Redactor
 from kefu.infer.generate import SamplingConfig
+from kefu.serve.deployment import Deployments
 from kefu.serve.metrics import Metrics
 from kefu.serve.protocol import ChatCompletionRequest, KefuResult
 from kefu.serve.security import APIError
@@ -55,8 +56,9 @@ class Started:
     started: float
     request_id: str | None
     prompt_tokens: int
+    assistant: Assistant  # the versions this turn started on, kept to its end
 
-    def result(self, assistant: Assistant, message_id: int | None = None) -> KefuResult:
+    def result(self, message_id: int | None = None) -> KefuResult:
         understood, decision = self.turn.understood, self.turn.decision
         confidence = (
             decision.kb_confidence if self.turn.route == "faq" else understood.intent_confidence
@@ -72,7 +74,7 @@ class Started:
             language=understood.language,
             sources=self.turn.sources(),
             handoff=self.turn.route == "handoff",
-            model_versions=assistant.versions,
+            model_versions=self.assistant.versions,
         )
 
 
@@ -84,15 +86,19 @@ def _turns_since_handoff(messages: list) -> int:
 
 
 class ChatService:
-    def __init__(self, assistant: Assistant, store: Store, metrics: Metrics) -> None:
-        self.assistant = assistant
+    def __init__(self, deployments: Deployments, store: Store, metrics: Metrics) -> None:
+        self.deployments = deployments
         self.store = store
         self.metrics = metrics
         self.redact = Redactor()
         self.started_at = time.time()  # the `created` of the model card
-        metrics.set_models(assistant.versions)
         # Channel user → answers the channel still owes them (late ones; see channel_reply).
         self._undelivered: dict[str, list[str]] = {}
+
+    @property
+    def assistant(self) -> Assistant:
+        """The live assistant: for what every version shares (name, languages, messages)."""
+        return self.deployments.serving.live
 
     # -- one turn ---------------------------------------------------------------------------
 
@@ -177,9 +183,12 @@ class ChatService:
             conversation_id,
             redacted[:200],
         )
-        turn = self.assistant.turn(text, history, state)
-        prompt_tokens = len(turn.prompt) if turn.prompt else self.assistant.count_tokens(text)
-        return Started(conversation_id, user_message_id, turn, started, request_id, prompt_tokens)
+        assistant = self.deployments.serving.pick(conversation_id)
+        turn = assistant.turn(text, history, state)
+        prompt_tokens = len(turn.prompt) if turn.prompt else assistant.count_tokens(text)
+        return Started(
+            conversation_id, user_message_id, turn, started, request_id, prompt_tokens, assistant
+        )
 
     def sampling(self, request: ChatCompletionRequest) -> SamplingConfig:
         return self.assistant.sampling(
@@ -195,7 +204,7 @@ class ChatService:
         if started.turn.reply is not None:
             yield started.turn.reply
         else:
-            yield from self.assistant.generate(started.turn, sampling)
+            yield from started.assistant.generate(started.turn, sampling)
 
     def finish(
         self,
@@ -208,7 +217,7 @@ class ChatService:
         turn, decision = started.turn, started.turn.decision
         seconds = time.perf_counter() - started.started
         reason = decision.reason + (f"; {interrupted}" if interrupted else "")
-        result = started.result(self.assistant)
+        result = started.result()
         message_id = self.store.add_assistant_message(
             started.conversation_id,
             text,
@@ -218,15 +227,16 @@ class ChatService:
             intent=turn.understood.intent,
             confidence=result.confidence,
             sources=[source.model_dump() for source in result.sources],
-            model_versions=self.assistant.versions,
+            model_versions=started.assistant.versions,
             tokens=completion_tokens,
             latency_ms=1000 * seconds,
             request_id=started.request_id,
             low_confidence=decision.low_confidence,
             handoff_reason=decision.handoff_reason,
         )
-        self.metrics.turns.labels(turn.route).inc()
-        self.metrics.turn_seconds.labels(turn.route).observe(seconds)
+        versions = self.metrics.versions_label(started.assistant.versions)
+        self.metrics.turns.labels(turn.route, versions).inc()
+        self.metrics.turn_seconds.labels(turn.route, versions).observe(seconds)
         if decision.handoff_reason:
             self.metrics.handoffs.labels(decision.trigger or "other").inc()
         if turn.route == "generator" and completion_tokens:
@@ -255,7 +265,7 @@ class ChatService:
         The finish reason is `length` when the generator ran out of tokens; FAQ and hand-off
         answers are always whole.
         """
-        tokens = self.assistant.count_tokens(text)
+        tokens = started.assistant.count_tokens(text)
         cut = started.turn.route == "generator" and tokens >= sampling.max_new_tokens
         return "length" if cut else "stop", tokens, self.finish(started, text, tokens)
 
@@ -331,7 +341,7 @@ class ChatService:
             }
         )
         started = self.begin(request, request_id, channel_message_id, channel, conversation)
-        reply, *_ = self.answer(started, self.assistant.sampling())
+        reply, *_ = self.answer(started, started.assistant.sampling())
         return self.channel_text(reply, started.turn.route, started.turn.sources())
 
     async def _stored_reply(self, message_id: int, deadline_s: float, question: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, MetaData, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -23,6 +23,8 @@ ROUTES = ("faq", "generator", "handoff")
 CONVERSATION_STATUSES = ("open", "handoff", "closed")
 HANDOFF_STATUSES = ("queued", "claimed", "resolved")
 SCOPES = ("chat", "admin")
+# What happened to a kind's deployment (kefu.registry writes them; `kefu models status` reads).
+MODEL_ACTIONS = ("push", "promote", "rollback", "canary", "end_canary", "load_failed")
 
 # Named constraints, so that later migrations can drop or alter them by a known name on
 # every database (SQLite in particular cannot alter an unnamed one).
@@ -148,3 +150,68 @@ class ApiKey(Base):
     rate_limit_per_minute: Mapped[int | None]  # None: the server's default
     created_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime.datetime | None]
+
+
+class ModelVersion(Base):
+    """One pushed version of a model kind (generator, intent/en, kb …): files and evaluation."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("kind", "version", name="uq_model_versions_kind_version"),
+        UniqueConstraint("kind", "digest", name="uq_model_versions_kind_digest"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(16))  # v1, v2, … per kind
+    path: Mapped[str] = mapped_column(Text)  # the version's folder in the registry
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 over its files: one push per content
+    source: Mapped[str] = mapped_column(Text)  # the folder it was pushed from
+    evaluation: Mapped[dict[str, Any]]  # {"metric", "value", "higher_is_better", "on", …}
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
+
+
+class ModelDeployment(Base):
+    """What serves a kind now: the live version and an optional canary candidate with its share.
+
+    `revision` is the id of the event that last changed the row; every server process polls the
+    largest one and reloads when it grows.
+    """
+
+    __tablename__ = "model_deployments"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    live: Mapped[str] = mapped_column(String(16))
+    candidate: Mapped[str | None] = mapped_column(String(16))
+    canary_share: Mapped[float] = mapped_column(Float, default=0.0)
+    revision: Mapped[int]
+    updated_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
+
+
+class ModelEvent(Base):
+    """The registry's history: pushes, promotions, rollbacks, canaries and failed loads."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
+
+
+class ModelWorker(Base):
+    """A server process's heartbeat: the registry revision it serves and its last load error."""
+
+    __tablename__ = "model_workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid:start
+    revision: Mapped[int]  # the revision it serves
+    versions: Mapped[dict[str, Any]]  # {"live": {kind: version}, "candidate": {…}}
+    failed_revision: Mapped[int | None]  # the newest revision it could not load
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime.datetime] = mapped_column(default=utcnow)

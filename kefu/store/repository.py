@@ -38,6 +38,7 @@ from kefu.errors import KefuError
 from kefu.store.models import (
     CHANNELS,
     HANDOFF_STATUSES,
+    MODEL_ACTIONS,
     ROLES,
     ROUTES,
     SCOPES,
@@ -46,6 +47,10 @@ from kefu.store.models import (
     Feedback,
     Handoff,
     Message,
+    ModelDeployment,
+    ModelEvent,
+    ModelVersion,
+    ModelWorker,
     utcnow,
 )
 
@@ -141,6 +146,61 @@ class ApiKeyRecord:
     revoked_at: datetime.datetime | None
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelVersionRecord:
+    id: int
+    kind: str
+    version: str
+    path: str
+    digest: str
+    source: str
+    evaluation: dict[str, Any]
+    note: str | None
+    created_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentRecord:
+    kind: str
+    live: str
+    candidate: str | None
+    canary_share: float
+    revision: int
+    updated_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEventRecord:
+    id: int
+    kind: str
+    action: str
+    version: str | None
+    detail: str | None
+    actor: str | None
+    created_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRecord:
+    id: str
+    revision: int
+    versions: dict[str, Any]
+    failed_revision: int | None
+    error: str | None
+    started_at: datetime.datetime
+    seen_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class AnsweredTurn:
+    """An assistant message's figures, for comparing model versions."""
+
+    model_versions: dict[str, Any]
+    route: str | None
+    latency_ms: float | None
+    rating: int  # the sum of its feedback: +1 per thumbs up, -1 per thumbs down
+
+
 class NewMessage(TypedDict):
     """A message for `Store.start_conversation`."""
 
@@ -152,7 +212,17 @@ class NewMessage(TypedDict):
     tokens: NotRequired[int | None]
 
 
-Record = TypeVar("Record", MessageRecord, FeedbackRecord, HandoffRecord, ConversationRecord)
+Record = TypeVar(
+    "Record",
+    MessageRecord,
+    FeedbackRecord,
+    HandoffRecord,
+    ConversationRecord,
+    ModelVersionRecord,
+    DeploymentRecord,
+    ModelEventRecord,
+    WorkerRecord,
+)
 
 
 def _record(kind: type[Record], row: Any, **given: Any) -> Record:
@@ -676,6 +746,203 @@ class Store:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             return _api_key_record(row)
+
+    # -- the model registry (kefu.registry decides; this keeps its state)
+
+    def add_model_version(
+        self,
+        kind: str,
+        path: str,
+        digest: str,
+        source: str,
+        evaluation: dict[str, Any],
+        note: str | None = None,
+    ) -> tuple[ModelVersionRecord, bool]:
+        """Register a pushed version, named v1, v2, … per kind, and log the push.
+
+        Returns the record and whether it is new: the same content (digest) pushed again is the
+        version it already was.
+        """
+        for attempt in range(2):
+            try:
+                with self._transaction() as session:
+                    known = session.scalar(
+                        select(ModelVersion).where(
+                            ModelVersion.kind == kind, ModelVersion.digest == digest
+                        )
+                    )
+                    if known is not None:
+                        return _record(ModelVersionRecord, known), False
+                    count = session.scalar(
+                        select(func.count())
+                        .select_from(ModelVersion)
+                        .where(ModelVersion.kind == kind)
+                    )
+                    row = ModelVersion(
+                        kind=kind,
+                        version=f"v{count + 1}",
+                        path=path,
+                        digest=digest,
+                        source=source,
+                        evaluation=evaluation,
+                        note=note,
+                    )
+                    session.add(row)
+                    session.add(
+                        ModelEvent(kind=kind, action="push", version=row.version, detail=source)
+                    )
+                    session.flush()
+                    return _record(ModelVersionRecord, row), True
+            except IntegrityError:
+                if attempt:  # PostgreSQL: another push took the same number; the retry counts again
+                    raise
+        raise AssertionError("unreachable")
+
+    def model_versions(self, kind: str | None = None) -> list[ModelVersionRecord]:
+        """Every pushed version (of one kind), oldest first."""
+        with self._transaction(write=False) as session:
+            query = select(ModelVersion).order_by(ModelVersion.kind, ModelVersion.id)
+            if kind is not None:
+                query = query.where(ModelVersion.kind == kind)
+            return [_record(ModelVersionRecord, row) for row in session.scalars(query)]
+
+    def model_version(self, kind: str, version: str) -> ModelVersionRecord:
+        with self._transaction(write=False) as session:
+            row = session.scalar(
+                select(ModelVersion).where(
+                    ModelVersion.kind == kind, ModelVersion.version == version
+                )
+            )
+            if row is None:
+                known = session.scalars(
+                    select(ModelVersion.version)
+                    .where(ModelVersion.kind == kind)
+                    .order_by(ModelVersion.id)
+                ).all()
+                raise NotFound(
+                    f"No {kind} version {version!r}; pushed: {', '.join(known) or 'none'} "
+                    "(`kefu models list`)."
+                )
+            return _record(ModelVersionRecord, row)
+
+    def deployments(self) -> list[DeploymentRecord]:
+        """What serves each kind, by kind."""
+        with self._transaction(write=False) as session:
+            rows = session.scalars(select(ModelDeployment).order_by(ModelDeployment.kind))
+            return [_record(DeploymentRecord, row) for row in rows]
+
+    def deploy(
+        self,
+        kind: str,
+        action: str,
+        version: str | None,
+        *,
+        live: str,
+        candidate: str | None = None,
+        canary_share: float = 0.0,
+        detail: str | None = None,
+        actor: str | None = None,
+        expected_revision: int | None = None,
+    ) -> DeploymentRecord:
+        """Change what serves a kind and log why, in one transaction.
+
+        Args:
+            expected_revision: the revision the caller decided on; Conflict if another change
+                came first (two operators at once), so no decision is made on a stale state.
+        """
+        _check(action, MODEL_ACTIONS, "model action")
+        with self._transaction() as session:
+            row = session.get(ModelDeployment, kind, with_for_update=True)
+            current = row.revision if row is not None else 0
+            if expected_revision is not None and current != expected_revision:
+                raise Conflict(
+                    f"The {kind} deployment changed while this {action} was being decided "
+                    f"(revision {current}, not {expected_revision}); look again and retry."
+                )
+            event = ModelEvent(
+                kind=kind, action=action, version=version, detail=detail, actor=actor
+            )
+            session.add(event)
+            session.flush()
+            if row is None:
+                row = ModelDeployment(kind=kind, revision=event.id)
+                session.add(row)
+            row.live, row.candidate, row.canary_share = live, candidate, canary_share
+            row.revision, row.updated_at = event.id, utcnow()
+            session.flush()
+            return _record(DeploymentRecord, row)
+
+    def log_model_event(
+        self, kind: str, action: str, version: str | None, detail: str | None, actor: str | None
+    ) -> None:
+        """Record something that changed no deployment (a failed load, a refused promotion)."""
+        _check(action, MODEL_ACTIONS, "model action")
+        with self._transaction() as session:
+            session.add(
+                ModelEvent(kind=kind, action=action, version=version, detail=detail, actor=actor)
+            )
+
+    def model_events(
+        self, kind: str | None = None, limit: int | None = None
+    ) -> list[ModelEventRecord]:
+        """The registry's history (of one kind), oldest first; `limit`: only the newest."""
+        with self._transaction(write=False) as session:
+            query = select(ModelEvent).order_by(ModelEvent.id.desc())
+            if kind is not None:
+                query = query.where(ModelEvent.kind == kind)
+            if limit is not None:
+                query = query.limit(limit)
+            return [
+                _record(ModelEventRecord, row) for row in reversed(session.scalars(query).all())
+            ]
+
+    def registry_revision(self) -> int:
+        """The newest deployment change (0: nothing deployed); servers poll it."""
+        with self._transaction(write=False) as session:
+            return session.scalar(select(func.max(ModelDeployment.revision))) or 0
+
+    def heartbeat(
+        self,
+        worker: str,
+        revision: int,
+        versions: dict[str, Any],
+        failed_revision: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """A server process says which revision it serves and what it could not load."""
+        with self._transaction() as session:
+            row = session.get(ModelWorker, worker, with_for_update=True)
+            if row is None:
+                row = ModelWorker(id=worker)
+                session.add(row)
+            row.revision, row.versions = revision, versions
+            row.failed_revision, row.error, row.seen_at = failed_revision, error, utcnow()
+
+    def model_workers(self, seen_within: datetime.timedelta | None = None) -> list[WorkerRecord]:
+        """Server processes' heartbeats (those seen lately), oldest start first."""
+        with self._transaction(write=False) as session:
+            query = select(ModelWorker).order_by(ModelWorker.started_at)
+            if seen_within is not None:
+                query = query.where(ModelWorker.seen_at >= utcnow() - seen_within)
+            return [_record(WorkerRecord, row) for row in session.scalars(query)]
+
+    def answered_turns(self, since: datetime.datetime) -> list[AnsweredTurn]:
+        """Every assistant answer since a moment, with its versions, route, latency and rating."""
+        with self._transaction(write=False) as session:
+            ratings = (
+                select(Feedback.message_id, func.sum(Feedback.rating).label("rating"))
+                .group_by(Feedback.message_id)
+                .subquery()
+            )
+            rows = session.execute(
+                select(Message.model_versions, Message.route, Message.latency_ms, ratings.c.rating)
+                .outerjoin(ratings, ratings.c.message_id == Message.id)
+                .where(Message.role == "assistant", Message.created_at >= since)
+            )
+            return [
+                AnsweredTurn(versions or {}, route, latency, int(rating or 0))
+                for versions, route, latency, rating in rows
+            ]
 
     # -- health
 

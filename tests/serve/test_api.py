@@ -285,13 +285,15 @@ def test_health_readiness_and_metrics(sqlite_server: LiveServer) -> None:
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/readyz").json()["status"] == "ready"
         metrics = http.get("/metrics").text
-    assert 'kefu_turns_total{route="faq"} 1.0' in metrics
+    versions = "generator=v1 intent/en=v1 intent/zh=v1 kb=v1"
+    assert f'kefu_turns_total{{route="faq",versions="{versions}"}} 1.0' in metrics
     assert 'kefu_handoffs_total{trigger="requested"} 1.0' in metrics
     assert (
         'kefu_http_requests_total{method="POST",path="/v1/chat/completions",status="200"} 2.0'
         in metrics
     )
-    assert 'kefu_model_info{kind="generator"' in metrics
+    assert 'kefu_model_info{kind="generator",role="live",version="v1"} 1.0' in metrics
+    assert "kefu_registry_revision " in metrics
     assert "kefu_turn_seconds_bucket" in metrics
 
 

@@ -49,7 +49,7 @@ async def chat_completions(
                 completion_tokens=tokens,
                 total_tokens=started.prompt_tokens + tokens,
             ),
-            kefu=started.result(service.assistant, message_id),
+            kefu=started.result(message_id),
         )
 
     def chunk(**fields) -> str:
@@ -65,7 +65,7 @@ async def chat_completions(
         try:
             yield chunk(
                 choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
-                kefu=started.result(service.assistant),
+                kefu=started.result(),
             )
             while (piece := await run_in_threadpool(next, pieces, None)) is not None:
                 parts.append(piece)
@@ -76,7 +76,7 @@ async def chat_completions(
             finished = True
             yield chunk(
                 choices=[ChunkChoice(delta=Delta(), finish_reason=finish_reason)],
-                kefu=started.result(service.assistant, message_id),
+                kefu=started.result(message_id),
             )
             if request.stream_options and request.stream_options.include_usage:
                 usage = Usage(
@@ -106,7 +106,7 @@ async def chat_completions(
                         service.finish,
                         started,
                         text,
-                        service.assistant.count_tokens(text),
+                        started.assistant.count_tokens(text),
                         interrupted,
                     )
 

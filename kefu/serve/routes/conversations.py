@@ -41,7 +41,8 @@ async def feedback(body: FeedbackRequest, caller: ChatCaller, service: Service) 
     record = await run_in_threadpool(
         service.store.add_feedback, body.message_id, body.rating, body.comment
     )
-    service.metrics.feedback.labels(str(body.rating)).inc()
+    versions = service.metrics.versions_label(message.model_versions or {})
+    service.metrics.feedback.labels(str(body.rating), versions).inc()
     return _plain(record)
 
 

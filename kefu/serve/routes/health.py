@@ -29,6 +29,7 @@ async def readyz(service: Service) -> dict:
         "status": "ready",
         "model": service.assistant.name,
         "model_versions": service.assistant.versions,
+        "registry_revision": service.deployments.serving.revision,
     }
 
 

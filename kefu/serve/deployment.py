@@ -1,0 +1,213 @@
+"""What serves in this server process, kept in step with the model registry.
+
+    registry state (database) ── poll every registry.poll_seconds ──► a new revision?
+        ─► load the versions not loaded yet ─► smoke test ─► swap `serving` in one assignment
+        └► a load or smoke test fails: keep serving what serves, report the error (heartbeat)
+
+A turn takes the assistant it will use from `serving` once, at its start, and keeps it to its
+end: a swap never changes the models under a request in flight, and the old models are freed
+when the last such request is done with them.
+
+Canaries: a conversation draws one number from its id; for each kind with a candidate it gets
+the candidate when the number is below that kind's share. The draw is the same in every
+process and on every turn, so a conversation stays with the versions it started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kefu.assistant.pipeline import Assistant, load_model, smoke_test
+from kefu.config import ProjectConfig
+from kefu.errors import KefuError
+from kefu.registry import Registry
+from kefu.store.repository import DeploymentRecord, Store, StoreError
+
+log = logging.getLogger("kefu.serve")
+HEARTBEAT_SECONDS = 5.0
+
+
+def draw(conversation_id: str) -> float:
+    """A number in [0, 1) fixed by the conversation id: which canaries it takes part in."""
+    return int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16) / 2**32
+
+
+@dataclass
+class Serving:
+    """One revision of the registry, loaded: the live assistant and the canaries' candidates."""
+
+    revision: int
+    live: Assistant
+    config: ProjectConfig
+    live_models: dict[str, Any]
+    live_versions: dict[str, str]
+    # kind → (share, candidate version, candidate model)
+    canaries: dict[str, tuple[float, str, Any]] = field(default_factory=dict)
+    _assembled: dict[frozenset[str], Assistant] = field(default_factory=dict)
+
+    def pick(self, conversation_id: str) -> Assistant:
+        """The assistant of a conversation: live, with the candidates its draw falls into."""
+        number = draw(conversation_id)
+        trying = frozenset(kind for kind, (share, *_) in self.canaries.items() if number < share)
+        if not trying:
+            return self.live
+        if trying not in self._assembled:  # two threads may both assemble it: harmless
+            models, versions = dict(self.live_models), dict(self.live_versions)
+            for kind in trying:
+                _, versions[kind], models[kind] = self.canaries[kind]
+            self._assembled[trying] = Assistant.assemble(self.config, models, versions)
+        return self._assembled[trying]
+
+    def versions(self) -> dict[str, dict[str, str]]:
+        return {
+            "live": self.live_versions,
+            "candidate": {kind: version for kind, (_, version, _) in self.canaries.items()},
+        }
+
+
+class VersionNotLoaded(KefuError):
+    def __init__(self, kind: str, version: str, cause: Exception) -> None:
+        super().__init__(f"{kind} {version} cannot serve: {cause}")
+        self.kind, self.version = kind, version
+
+
+class Deployments:
+    """Loads what the registry says should serve, and swaps it in when that changes."""
+
+    def __init__(
+        self,
+        config: ProjectConfig,
+        store: Store,
+        on_swap: Callable[[Serving], None] = lambda serving: None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.registry = Registry(config, store, actor="server")
+        self.on_swap = on_swap
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+        self._models: dict[tuple[str, str], Any] = {}  # (kind, version) → loaded model
+        self._failed: tuple[int, str] | None = None  # the revision that would not load, why
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_beat = 0.0
+        self.serving: Serving
+
+    def start(self, preloaded: Assistant | None = None) -> list[str]:
+        """Push the build's models, load what the registry says serves, and start watching.
+
+        Args:
+            preloaded: an assistant already loaded from this project's build folder; its
+                models serve the versions the build became, without loading them again.
+        Returns: what registering the build did, for the log.
+        """
+        built = preloaded.models() if preloaded is not None else None
+        said = self.registry.register_build(built)
+        if built:
+            for kind, model in built.items():
+                version, _ = self.registry.push(kind, self.registry.kinds[kind], loaded=model)
+                self._models[(kind, version.version)] = model
+        revision = self.store.registry_revision()
+        self.serving = self._load(revision, self.store.deployments())
+        self._swap(self.serving)
+        self._thread = threading.Thread(target=self._watch, name="kefu-registry", daemon=True)
+        self._thread.start()
+        return said
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def refresh(self) -> bool:
+        """One look at the registry; True when a new revision now serves."""
+        revision = self.store.registry_revision()
+        if revision == self.serving.revision or (self._failed and self._failed[0] == revision):
+            return False
+        deployments = self.store.deployments()
+        try:
+            serving = self._load(revision, deployments)
+        except VersionNotLoaded as err:  # the old models keep serving
+            self._failed = (revision, str(err))
+            log.error(
+                "registry revision %d not loaded; still serving %d: %s",
+                revision,
+                self.serving.revision,
+                err,
+            )
+            self.store.log_model_event(
+                err.kind, "load_failed", err.version, f"{self.worker}: {err}", "server"
+            )
+            self._heartbeat()
+            return False
+        self._failed = None
+        self.serving = serving
+        self._swap(serving)
+        self._forget_unused()
+        log.info("now serving registry revision %d: %s", revision, serving.versions())
+        return True
+
+    def _load(self, revision: int, deployments: list[DeploymentRecord]) -> Serving:
+        live_models, live_versions, canaries = {}, {}, {}
+        for deployment in deployments:
+            if deployment.kind not in self.registry.kinds:
+                continue  # a kind this project no longer has
+            live_versions[deployment.kind] = deployment.live
+            live_models[deployment.kind] = self._model(deployment.kind, deployment.live)
+            if deployment.candidate:
+                canaries[deployment.kind] = (
+                    deployment.canary_share,
+                    deployment.candidate,
+                    self._model(deployment.kind, deployment.candidate),
+                )
+        live = Assistant.assemble(self.config, live_models, live_versions)
+        return Serving(revision, live, self.config, live_models, live_versions, canaries)
+
+    def _model(self, kind: str, version: str) -> Any:
+        if (kind, version) not in self._models:
+            try:
+                record = self.store.model_version(kind, version)
+                model = load_model(kind, Path(record.path))
+                smoke_test(kind, model)
+            except KefuError as err:
+                raise VersionNotLoaded(kind, version, err) from err
+            self._models[(kind, version)] = model
+        return self._models[(kind, version)]
+
+    def _forget_unused(self) -> None:
+        """Drop our references to models no longer serving; requests still using them keep
+        theirs, and the memory goes when they finish."""
+        serving = self.serving
+        used = {(k, v) for k, v in serving.live_versions.items()}
+        used |= {(k, version) for k, (_, version, _) in serving.canaries.items()}
+        for key in list(self._models):
+            if key not in used:
+                del self._models[key]
+
+    def _swap(self, serving: Serving) -> None:
+        self.on_swap(serving)
+        self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        failed, error = self._failed or (None, None)
+        self.store.heartbeat(
+            self.worker, self.serving.revision, self.serving.versions(), failed, error
+        )
+        self._last_beat = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.registry.poll_seconds):
+            try:
+                swapped = self.refresh()
+                if not swapped and time.monotonic() - self._last_beat > HEARTBEAT_SECONDS:
+                    self._heartbeat()
+            except StoreError as err:  # the database is away for a moment: keep serving
+                log.warning("registry not checked: %s", err)
