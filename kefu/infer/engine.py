@@ -67,7 +67,7 @@ class _Request:
     def sampling_group(self) -> object:
         """Requests with equal keys can be sampled in one `next_token` call."""
         if self.generator is not None:
-            return 1  # its generator must draw for it alone, as it would alone
+            return self  # its generator must draw for it alone, as it would alone
         s = self.sampling
         return (s.temperature, s.top_k, s.top_p, s.repetition_penalty)
 
