@@ -22,7 +22,8 @@ TTFT = start to a stream's first text piece (a piece that would end in half a ch
 for the rest, in both). Each figure is the median of `--repeats` runs, after a warm-up; the two
 servers alternate, so a noisy neighbour slows both alike. The engine's replies are compared
 with the reference's (greedy: they should be identical). Target: engine ÷ reference >= 4 in
-tokens/s at 16 streams. torch uses as many threads as there are cores.
+tokens/s at 16 streams of 64 new tokens. torch uses as many threads as there are cores.
+--quick: 32 new tokens, one timed run (seconds).
 
     .venv/bin/python bench/batching.py [--quick] [--streams 1,4,16] [--new-tokens N]
         [--repeats N] [--threads N]
@@ -48,7 +49,7 @@ from kefu.infer.generate import SamplingConfig, stream
 from kefu.models.gpt import GPT, GPTConfig
 from kefu.text.tokenizer import ChatTokenizer, train_tokenizer
 
-TARGET_RATIO = 4.0  # engine ÷ reference tokens/s at 16 streams
+TARGET_RATIO = 4.0  # engine ÷ reference tokens/s at 16 streams, 64 new tokens each
 DIALOGUES = Path(__file__).resolve().parent.parent / "examples" / "acme_bank"
 MODEL = {"context_length": 512, "n_layer": 4, "n_head": 4, "d_model": 256}
 # (prompt, sampling) -> the reply's pieces; called from each customer's own thread.
@@ -243,7 +244,9 @@ def main() -> None:
     ratio_16 = figures.get("s16_ratio")
     figures.update(
         target_ratio_at_16=TARGET_RATIO,
-        meets_target=None if ratio_16 is None else ratio_16 >= TARGET_RATIO,
+        # Shorter replies leave the prompts' prefill, which batching does not speed up, a
+        # larger share: the target only means something at 64 new tokens or more.
+        meets_target=None if ratio_16 is None or new < 64 else ratio_16 >= TARGET_RATIO,
         replies_identical=identical,
     )
     print(json.dumps(figures))

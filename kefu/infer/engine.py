@@ -13,7 +13,8 @@ One background thread does all model work, so a step serves every reply at once:
 batch of 16 rows costs little more than one (the weights are read once per step either way).
 The thread never waits for a reader: each request has its own unbounded queue, so a slow or
 vanished reader holds up no one. It starts with the first request and ends after
-`idle_seconds` without any, taking the slot cache's memory with it.
+`idle_seconds` without any. The slot cache (keys and values for max_batch × context_length
+tokens) is allocated at the first request and kept while the engine lives.
 
 The replies are those of `kefu.infer.generate.stream`, piece for piece: the same prefill, the
 same `next_token` on the same logits (up to float rounding of a batched matrix product, ~1e-7)
@@ -117,8 +118,8 @@ class ReplyStream(Iterator[str]):
 class GenerationEngine:
     """Generate replies for many concurrent requests with one GPT, in continuous batches.
 
-    One engine per model: it keeps the model's slot cache while busy. Thread-safe: any thread
-    may call `stream`.
+    One engine per model (it holds a slot cache sized for that model from its first request
+    on); a model swapped out goes with its engine. Thread-safe: any thread may call `stream`.
 
     Args:
         max_batch: most replies generated at once; further requests wait for a free row.
@@ -147,6 +148,9 @@ class GenerationEngine:
         self._waiting: deque[_Request] = deque()
         self._wakeup = threading.Condition()  # guards _waiting and _thread
         self._thread: threading.Thread | None = None
+        # Only the engine's thread uses it; kept between busy spells, since zeroing a cache of
+        # max_batch × context_length tokens anew costs a burst's first reply tens of ms.
+        self._slots: SlotCache | None = None
 
     def stream(self, prompt: list[int], sampling: SamplingConfig) -> ReplyStream:
         """Queue a reply to `prompt` (token ids) and return its pieces as they come.
@@ -175,15 +179,16 @@ class GenerationEngine:
 
     def _serve(self) -> None:
         """The engine's thread: admit, decode, sample, until idle for `idle_seconds`."""
-        rows: list[_Request] = []  # rows[i] holds row i of `slots`
-        slots: SlotCache | None = None
+        rows: list[_Request] = []  # rows[i] holds row i of the slot cache
         with torch.inference_mode():
             while True:
                 arrivals = self._arrivals(self.max_batch - len(rows), busy=bool(rows))
                 if arrivals is None:
                     return
                 try:
-                    slots = slots or self.model.new_slots(self.max_batch)
+                    if self._slots is None:
+                        self._slots = self.model.new_slots(self.max_batch)
+                    slots = self._slots
                     for request in arrivals:
                         request.logits = self.model.prefill_slot(request.prompt, slots)
                         rows.append(request)
@@ -200,7 +205,8 @@ class GenerationEngine:
                 except Exception as error:  # a bug or out of memory: fail this step, not the engine
                     for request in dict.fromkeys(rows + arrivals):
                         request.pieces.put(error)
-                    rows, slots = [], None
+                    # A fresh cache at the next request: this one may be half-written.
+                    rows, self._slots = [], None
 
     def _arrivals(self, free: int, busy: bool) -> list[_Request] | None:
         """Up to `free` waiting requests (waiting for one if idle); None: idle long enough, stop."""

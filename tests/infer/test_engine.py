@@ -2,6 +2,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
 import pytest
@@ -103,6 +104,16 @@ def test_concurrent_greedy_streams_equal_each_stream_alone(arch, request, tokeni
         )
     if arch == "trained_gpt":
         assert "".join(replies[4]) == REPLIES["hello"]
+
+
+def test_requests_from_many_threads_each_get_their_own_reply(gpt, tokenizer):
+    config = SamplingConfig(max_new_tokens=12)
+    prompts = [tokenizer.encode(text) for text in PROMPTS] * 3
+    engine = GenerationEngine(gpt, tokenizer, max_batch=4)
+    with ThreadPoolExecutor(len(prompts)) as customers:
+        replies = list(customers.map(lambda p: read(engine.stream(p, config)), prompts))
+    for prompt, reply in zip(prompts, replies, strict=True):
+        assert reply == list(stream(gpt, tokenizer, prompt, config))
 
 
 def test_seeded_request_reproduces_its_single_stream_among_others(gpt, tokenizer):
