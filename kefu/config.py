@@ -296,6 +296,13 @@ class AssistantConfig(StrictModel):
         },
         description="Said when the generator produces nothing.",
     )
+    max_batch: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most replies the generator writes at once (continuous batching); more "
+        "wait for a free row.",
+    )
     handoff: HandoffConfig = Field(default_factory=HandoffConfig, description="Hand-off rules.")
 
 

@@ -32,6 +32,7 @@ from kefu.assistant.sentiment import anger
 from kefu.config import ProjectConfig
 from kefu.data.normalise import normalise_text
 from kefu.errors import KefuError
+from kefu.infer.engine import GenerationEngine
 from kefu.infer.generate import SamplingConfig, stream
 from kefu.kb.index import Hit, KnowledgeBase, Lookup
 from kefu.kb.text import language as script_language
@@ -97,6 +98,12 @@ class Turn:
     decision: Decision
     reply: str | None  # None: the generator answers (Assistant.generate)
     prompt: list[int] | None = None
+    generating: Any = None  # the engine's ReplyStream while the generator answers
+
+    def cancel(self) -> None:
+        """Stop generating (the customer has gone); safe from any thread."""
+        if self.generating is not None:
+            self.generating.close()
 
     @property
     def route(self) -> str:
@@ -209,15 +216,18 @@ class Assistant:
     knowledge_base: KnowledgeBase | None = None
     generator: Any = None  # a LoadedRun (model + tokenizer)
     versions: dict[str, str] = field(default_factory=dict)
+    engine: GenerationEngine | None = None  # a GPT generator's continuous batching
 
     def __post_init__(self) -> None:
         self.entities = EntityExtractor(self.config.entities.patterns)
         # Two lanes of model work, each one thread at a time (tokenizers are not safe to share
         # between threads): understanding messages, batched across the requests waiting for
-        # it, and generating replies. A quick FAQ turn then never waits behind someone else's
-        # long reply, and each lane keeps one core busy (`kefu serve` gives torch half the
-        # cores per operation). The understanding lane is one per process: assistants of
-        # several versions (a canary) share their unchanged models, and those models' tokenizers.
+        # it, and generating replies — a GPT's in the engine's own thread, batched across every
+        # reply being written; an LSTM's one piece at a time behind a lock. A quick FAQ turn
+        # then never waits behind someone else's long reply, and each lane keeps one core busy
+        # (`kefu serve` gives torch half the cores per operation). The understanding lane is
+        # one per process: assistants of several versions (a canary) share their unchanged
+        # models, and those models' tokenizers.
         self.understanding = BatchLane(self.look, running=UNDERSTANDING)
         self.generator_lock = threading.Lock()
 
@@ -232,10 +242,19 @@ class Assistant:
 
     @classmethod
     def assemble(
-        cls, config: ProjectConfig, models: dict[str, Any], versions: dict[str, str]
+        cls,
+        config: ProjectConfig,
+        models: dict[str, Any],
+        versions: dict[str, str],
+        engine: GenerationEngine | None = None,
     ) -> Assistant:
-        """An assistant of loaded models by kind (see `model_kinds`), with their versions."""
-        assistant = cls(config, versions=dict(versions))
+        """An assistant of loaded models by kind (see `model_kinds`), with their versions.
+
+        Args:
+            engine: the generator's engine, when another assistant already runs one for the
+                same generator (a canary of another kind): one engine batches both.
+        """
+        assistant = cls(config, versions=dict(versions), engine=engine)
         for kind, model in models.items():
             if kind.startswith("intent/"):
                 assistant.intents[kind.removeprefix("intent/")] = model
@@ -245,6 +264,11 @@ class Assistant:
                 assistant.generator = model
         if assistant.generator is not None:
             assistant.check_prompt_room()
+            if assistant.engine is None and assistant.generator.arch == "gpt":
+                run = assistant.generator
+                assistant.engine = GenerationEngine(
+                    run.model, run.tokenizer, config.assistant.max_batch
+                )
         if assistant.knowledge_base is None and assistant.generator is None:
             raise KefuError(
                 f"{config.build_dir} has neither a knowledge base nor a generator; configure "
@@ -455,18 +479,30 @@ class Assistant:
         says nothing (it may end its turn at once) is replaced by the project's `no_answer`."""
         if turn.prompt is None:
             raise KefuError(f"this turn was routed to {turn.route}, not to the generator")
-        pieces = stream(self.generator.model, self.generator.tokenizer, turn.prompt, sampling)
         said = False
-        while True:
-            with self.generator_lock:
-                piece = next(pieces, None)
-            if piece is None:
-                break
+        for piece in self._pieces(turn, sampling):
             said = said or bool(piece.strip())
             yield piece
         if not said:
             messages = self.config.assistant.no_answer
             yield messages.get(turn.understood.language) or next(iter(messages.values()))
+
+    def _pieces(self, turn: Turn, sampling: SamplingConfig) -> Iterator[str]:
+        """The generator's pieces: from the batching engine (a GPT), or one request at a time."""
+        if self.engine is not None:
+            turn.generating = self.engine.stream(turn.prompt, sampling)
+            try:
+                yield from turn.generating
+            finally:
+                turn.generating.close()
+            return
+        pieces = stream(self.generator.model, self.generator.tokenizer, turn.prompt, sampling)
+        while True:
+            with self.generator_lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            yield piece
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the generator's tokenizer (usage figures); words without one."""

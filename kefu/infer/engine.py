@@ -102,9 +102,11 @@ class ReplyStream(Iterator[str]):
         raise piece
 
     def close(self) -> None:
-        """Stop reading: the engine drops the request at its next step."""
+        """Stop reading: the engine drops the request at its next step. Safe from any thread;
+        a reader blocked in `next` (a client gone mid-stream) wakes up and ends."""
         self._ended = True
         self._request.cancel()
+        self._request.pieces.put(None)
 
     @property
     def finish_reason(self) -> FinishReason | None:

@@ -29,6 +29,7 @@ from typing import Any
 from kefu.assistant.pipeline import Assistant, load_model, smoke_test
 from kefu.config import ProjectConfig
 from kefu.errors import KefuError
+from kefu.infer.engine import GenerationEngine
 from kefu.registry import Registry
 from kefu.store.repository import DeploymentRecord, Store, StoreError
 
@@ -52,6 +53,8 @@ class Serving:
     live_versions: dict[str, str]
     # kind → (share, candidate version, candidate model)
     canaries: dict[str, tuple[float, str, Any]] = field(default_factory=dict)
+    # generator version → its batching engine: one per generator, whichever assistants use it
+    engines: dict[str, GenerationEngine | None] = field(default_factory=dict)
     _assembled: dict[frozenset[str], Assistant] = field(default_factory=dict)
 
     def pick(self, conversation_id: str) -> Assistant:
@@ -64,7 +67,8 @@ class Serving:
             models, versions = dict(self.live_models), dict(self.live_versions)
             for kind in trying:
                 _, versions[kind], models[kind] = self.canaries[kind]
-            self._assembled[trying] = Assistant.assemble(self.config, models, versions)
+            engine = self.engines.get(versions.get("generator", ""))
+            self._assembled[trying] = Assistant.assemble(self.config, models, versions, engine)
         return self._assembled[trying]
 
     def versions(self) -> dict[str, dict[str, str]]:
@@ -72,6 +76,12 @@ class Serving:
             "live": self.live_versions,
             "candidate": {kind: version for kind, (_, version, _) in self.canaries.items()},
         }
+
+
+def _engine_for(run: Any, config: ProjectConfig) -> GenerationEngine | None:
+    if run.arch != "gpt":
+        return None
+    return GenerationEngine(run.model, run.tokenizer, config.assistant.max_batch)
 
 
 class VersionNotLoaded(KefuError):
@@ -95,6 +105,7 @@ class Deployments:
         self.on_swap = on_swap
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
         self._models: dict[tuple[str, str], Any] = {}  # (kind, version) → loaded model
+        self._engines: dict[str, GenerationEngine | None] = {}  # generator version → engine
         self._failed: tuple[int, str] | None = None  # the revision that would not load, why
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,6 +126,8 @@ class Deployments:
             for kind, model in built.items():
                 version, _ = self.registry.push(kind, self.registry.kinds[kind], loaded=model)
                 self._models[(kind, version.version)] = model
+                if kind == "generator":
+                    self._engines[version.version] = preloaded.engine
         revision = self.store.registry_revision()
         self.serving = self._load(revision, self.store.deployments())
         self._swap(self.serving)
@@ -168,8 +181,19 @@ class Deployments:
                     deployment.candidate,
                     self._model(deployment.kind, deployment.candidate),
                 )
-        live = Assistant.assemble(self.config, live_models, live_versions)
-        return Serving(revision, live, self.config, live_models, live_versions, canaries)
+        engines = {}
+        generators = [live_versions.get("generator"), canaries.get("generator", (0, None))[1]]
+        for version in filter(None, generators):
+            engines[version] = self._engines.get(version) or _engine_for(
+                self._models[("generator", version)], self.config
+            )
+        self._engines = engines  # engines of versions no longer serving end when idle
+        live = Assistant.assemble(
+            self.config, live_models, live_versions, engines.get(live_versions.get("generator", ""))
+        )
+        return Serving(
+            revision, live, self.config, live_models, live_versions, canaries, engines=engines
+        )
 
     def _model(self, kind: str, version: str) -> Any:
         if (kind, version) not in self._models:

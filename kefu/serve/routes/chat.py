@@ -100,6 +100,7 @@ async def chat_completions(
             )
         finally:
             if not finished:  # keep what the customer was sent, and say why it stopped
+                started.turn.cancel()  # free the generator's row for the next customer
                 with anyio.CancelScope(shield=True):
                     text = "".join(parts)
                     await run_in_threadpool(
