@@ -6,7 +6,12 @@ tests reach the store behind them directly (`server.store`).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -98,3 +103,84 @@ def server(request: pytest.FixtureRequest, start_server, tmp_path: Path) -> Live
 def sqlite_server(start_server, tmp_path: Path) -> LiveServer:
     """A live server on SQLite only, for tests of things the database does not change."""
     return start_server(f"sqlite:///{tmp_path / 'kefu.db'}")
+
+
+# -- `kefu serve` as a user runs it: a real process -----------------------------------------
+
+
+class Server:
+    """A `kefu serve` process in its own process group, its output in a log file."""
+
+    def __init__(
+        self,
+        python_args: list[str],
+        project: Path,
+        port: int,
+        database: str,
+        log: Path,
+        options: tuple[str, ...] = (),
+    ):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        command = [sys.executable, *python_args, "serve", str(project), "--port", str(port)]
+        command += ["--db", database, *options]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+        with log.open("w") as out:
+            # A session of its own: killing its group kills any process it started, too.
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, f"kefu serve exited:\n{self.output()}"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            assert time.monotonic() < deadline, f"kefu serve did not get ready:\n{self.output()}"
+            time.sleep(0.25)
+
+    def kill(self) -> None:
+        """SIGKILL the server and every process of its group; wait until it is gone."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop the server as Ctrl-C does; kill it if it does not stop in time."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+        self.kill()
+
+
+@pytest.fixture
+def kefu_serve(demo_project: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start `kefu serve` of the small demo as a process (`python_args`: how Python runs kefu;
+    `options`: more command-line options) and wait until it is ready; every server is stopped
+    at the end, or killed."""
+    started: list[Server] = []
+
+    def start(
+        database: str,
+        port: int | None = None,
+        options: tuple[str, ...] = (),
+        python_args: tuple[str, ...] = ("-m", "kefu"),
+    ) -> Server:
+        log = tmp_path / f"serve-{len(started)}.log"
+        server = Server(
+            list(python_args), demo_project, port or _free_port(), database, log, options
+        )
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

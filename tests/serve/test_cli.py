@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import FAQ_EN, kefu
-from tests.serve.conftest import _free_port
+from tests.serve.conftest import Server, _free_port
 
 
 def test_keys_are_created_listed_and_revoked(demo_project: Path, tmp_path: Path) -> None:
@@ -82,38 +82,16 @@ def test_serving_an_unbuilt_project_says_what_to_do(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_several_workers_serve_one_database(demo_project: Path, tmp_path: Path) -> None:
-    port = _free_port()
+def test_several_workers_serve_one_database(
+    demo_project: Path, tmp_path: Path, kefu_serve: Callable[..., Server]
+) -> None:
     database = f"sqlite:///{tmp_path / 'workers.db'}"
     created = kefu("keys", "create", str(demo_project), "--name", "w", "--db", database)
     key = created.stdout.strip()
-    command = [sys.executable, "-m", "kefu", "serve", str(demo_project), "--port", str(port)]
-    command += ["--db", database, "--workers", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stderr.read()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "kefu serve --workers 2 did not become ready"
-            time.sleep(0.5)
-        body = {"model": "acme_bank", "messages": [{"role": "user", "content": FAQ_EN}]}
-        headers = {"authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=url, timeout=60) as http:
-            answers = [
-                http.post("/v1/chat/completions", json=body, headers=headers) for _ in range(6)
-            ]
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    server = kefu_serve(database, options=("--workers", "2"))
+    body = {"model": "acme_bank", "messages": [{"role": "user", "content": FAQ_EN}]}
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        answers = [http.post("/v1/chat/completions", json=body, headers=headers) for _ in range(6)]
     assert [a.status_code for a in answers] == [200] * 6
     assert len({a.json()["kefu"]["conversation_id"] for a in answers}) == 6

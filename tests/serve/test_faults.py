@@ -8,14 +8,10 @@ with no answer, no half-written row and no duplicate, and the conversation must 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from kefu.store.repository import Store
-from tests.serve.conftest import _free_port
+from tests.serve.conftest import Server, _free_port
 
 MODEL = "acme_bank"
 # Routed to the generator by the demo (see test_api.py), so the answer is streamed in pieces.
@@ -62,69 +58,6 @@ from kefu.cli import main
 
 main()
 """
-
-
-class Server:
-    """A `kefu serve` process in its own process group, its output in a log file."""
-
-    def __init__(self, python_args: list[str], project: Path, port: int, database: str, log: Path):
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        command = [sys.executable, *python_args, "serve", str(project), "--port", str(port)]
-        command += ["--db", database]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-        with log.open("w") as out:
-            # A session of its own: killing its group kills any process it started, too.
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, f"kefu serve exited:\n{self.output()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return
-            assert time.monotonic() < deadline, f"kefu serve did not get ready:\n{self.output()}"
-            time.sleep(0.25)
-
-    def kill(self) -> None:
-        """SIGKILL the server and every process of its group; wait until it is gone."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        """Stop the server as Ctrl-C does; kill it if it does not stop in time."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=30)
-        self.kill()
-
-
-@pytest.fixture
-def serve(demo_project: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start `kefu serve` of the small demo; every server is stopped at the end, or killed."""
-    started: list[Server] = []
-
-    def start(database: str, port: int, held: bool = False) -> Server:
-        python_args = ["-c", HELD_SERVE] if held else ["-m", "kefu"]
-        server = Server(
-            python_args, demo_project, port, database, tmp_path / f"serve-{len(started)}.log"
-        )
-        started.append(server)
-        server.wait_ready()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -167,13 +100,13 @@ def expected_rows(database: str, messages: int) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_a_server_killed_mid_stream_restarts_with_the_turn_stored_and_goes_on(
-    database: str, serve: Callable[..., Server]
+    database: str, kefu_serve: Callable[..., Server]
 ) -> None:
     with Store.open(database) as store:
         key, _ = store.create_api_key("faults", ["chat"])
     headers = {"authorization": f"Bearer {key}"}
     port = _free_port()
-    server = serve(database, port, held=True)
+    server = kefu_serve(database, port, python_args=("-c", HELD_SERVE))
 
     # 1. A streamed answer, and the server killed once the first piece of it has arrived.
     body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": GENERATED}]}
@@ -209,7 +142,7 @@ def test_a_server_killed_mid_stream_restarts_with_the_turn_stored_and_goes_on(
     assert (killed.status, killed.low_confidence_streak, killed.channel) == ("open", 0, "api")
 
     # 3. The plain server, restarted on the same database and port, reads the conversation...
-    server = serve(database, port)
+    server = kefu_serve(database, port)
     with httpx.Client(base_url=server.url, timeout=60) as http:
         read = http.get(f"/v1/conversations/{conversation_id}", headers=headers)
         refused = http.get(

@@ -3,22 +3,18 @@ a canary, a promotion and a rollback, and not one request fails."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import FAQ_EN, kefu
-from tests.serve.conftest import _free_port
+from tests.serve.conftest import Server
 from tests.test_registry import variant
 
 GENERATED = "Tell me something about your savings products"  # the demo routes it to the generator
@@ -78,18 +74,13 @@ class SteadyLoad:
 
 @pytest.mark.slow
 def test_push_canary_promote_rollback_from_the_cli_under_load_fail_no_request(
-    demo_project: Path, tmp_path: Path
+    demo_project: Path, tmp_path: Path, kefu_serve: Callable[..., Server]
 ) -> None:
-    port, url = _free_port(), ""
     database = f"sqlite:///{tmp_path / 'live.db'}"
     key = kefu(
         "keys", "create", str(demo_project), "--name", "ops", "--db", database
     ).stdout.strip()
-    command = [sys.executable, "-m", "kefu", "serve", str(demo_project), "--port", str(port)]
-    command += ["--db", database, "--workers", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
+    server = kefu_serve(database, options=("--workers", "2"))
     candidate = variant(demo_project, tmp_path / "candidate", scale=1.0001)
 
     def models(*args: str) -> str:
@@ -97,37 +88,21 @@ def test_push_canary_promote_rollback_from_the_cli_under_load_fail_no_request(
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stderr.read()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "kefu serve --workers 2 did not become ready"
-            time.sleep(0.5)
-        with SteadyLoad(url, key) as load:
-            time.sleep(2)
-            assert "pushed as v2" in models("push", "generator", str(candidate))
-            assert "v2 on 50% of new conversations" in models(
-                "canary", "generator", "v2", "--share", "0.5"
-            )
-            canary_started = time.monotonic()
-            time.sleep(4)
-            promoted = models("promote", "generator", "v2")
-            assert "v2 live" in promoted and "served by 2 server process(es)" in promoted
-            promoted_at = time.monotonic()
-            time.sleep(4)
-            assert "v1 live (rolled back from v2)" in models("rollback", "generator")
-            rolled_back_at = time.monotonic()
-            time.sleep(3)
-        status = models("status", "--json")
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    with SteadyLoad(server.url, key) as load:
+        time.sleep(2)
+        assert "pushed as v2" in models("push", "generator", str(candidate))
+        canary = models("canary", "generator", "v2", "--share", "0.5")
+        assert "v2 on 50% of new conversations" in canary
+        canary_started = time.monotonic()
+        time.sleep(4)
+        promoted = models("promote", "generator", "v2")
+        assert "v2 live" in promoted and "served by 2 server process(es)" in promoted
+        promoted_at = time.monotonic()
+        time.sleep(4)
+        assert "v1 live (rolled back from v2)" in models("rollback", "generator")
+        rolled_back_at = time.monotonic()
+        time.sleep(3)
+    status = models("status", "--json")
     statuses = Counter(status for _, status, _ in load.outcomes)
     assert set(statuses) == {200}, statuses
     assert sum(statuses.values()) > 30
