@@ -22,6 +22,7 @@ import datetime
 import getpass
 import hashlib
 import json
+import math
 import shutil
 import statistics
 import tempfile
@@ -36,10 +37,14 @@ from kefu.config import ProjectConfig
 from kefu.errors import KefuError
 from kefu.files import write_text_atomically
 from kefu.store.models import utcnow
-from kefu.store.repository import DeploymentRecord, ModelVersionRecord, Store
+from kefu.store.repository import Conflict, DeploymentRecord, ModelVersionRecord, Store
 
 META = "kefu-version.json"  # in each version's folder: its digest and cached evaluation
 WORKER_SILENCE = datetime.timedelta(seconds=15)  # a worker not heard from for longer is gone
+
+
+class NotTakenUp(KefuError):
+    """A change is recorded, but not every server process serves it yet."""
 
 
 class PromotionRefused(KefuError):
@@ -150,9 +155,16 @@ def evaluate(config: ProjectConfig, kind: str, model: Any) -> dict[str, Any]:
 
 def _scored(score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
-        return score()
+        scored = score()
     except (KefuError, FileNotFoundError) as err:
         return {"metric": None, "why": str(err)}
+    except ArithmeticError as err:  # perplexity beyond a float: the model is broken
+        raise KefuError(f"its evaluation overflowed ({err}); the model is broken") from err
+    if not math.isfinite(scored["value"]):
+        raise KefuError(
+            f"its {scored['metric']} on the held-out set is {scored['value']}; the model is broken"
+        )
+    return scored
 
 
 def comparison(live: dict[str, Any], candidate: dict[str, Any], margin: float) -> tuple[bool, str]:
@@ -213,7 +225,10 @@ class Registry:
         folder = Path(folder)
         if not folder.is_dir():
             raise KefuError(f"{folder}: no such folder; push a model folder (a run or a build)")
-        digest = folder_digest(folder)
+        try:
+            digest = folder_digest(folder)
+        except OSError as err:
+            raise KefuError(f"{folder}: cannot read it: {err}") from err
         target = self.root / kind / digest[:16]
         meta = _read_meta(target, digest)
         if meta is None:
@@ -225,10 +240,10 @@ class Registry:
                 # The copy is what will serve, so the copy is what is tested.
                 try:
                     model = loaded if loaded is not None else _checked_load(kind, staging)
+                    meta = {"digest": digest, "evaluation": evaluate(self.config, kind, model)}
                 except KefuError as err:
                     said = str(err).replace(str(staging), str(folder))
                     raise KefuError(f"{folder} not pushed: {said}") from err
-                meta = {"digest": digest, "evaluation": evaluate(self.config, kind, model)}
                 write_text_atomically(staging / META, json.dumps(meta, indent=2) + "\n")
                 meta = _move_in(staging, target, digest) or meta
             finally:
@@ -262,6 +277,8 @@ class Registry:
         if current is not None:
             if current.live == version and current.candidate is None:
                 raise KefuError(f"{kind} {version} is already live")
+            if current.live == version:  # keeping the live version: the canary ends
+                return self.end_canary(kind, wait_s)
             live = self.store.model_version(kind, current.live)
             ok, gate = comparison(
                 *self._comparable(kind, live, candidate), self.config.registry.promote_margin
@@ -280,7 +297,7 @@ class Registry:
             live=version,
             detail=gate,
             actor=self.actor,
-            expected_revision=current.revision if current else None,
+            expected_revision=current.revision if current else 0,
         )
         return Promotion(deployed, gate, self._await(deployed, current, wait_s, "promote"))
 
@@ -374,10 +391,13 @@ class Registry:
         before, after = live.evaluation, candidate.evaluation
         if before.get("held_out_digest") == after.get("held_out_digest"):
             return before, after
-        return (
-            evaluate(self.config, kind, load_model(kind, Path(live.path))),
-            evaluate(self.config, kind, load_model(kind, Path(candidate.path))),
-        )
+        scores = []
+        for record in (live, candidate):
+            try:
+                scores.append(evaluate(self.config, kind, load_model(kind, Path(record.path))))
+            except KefuError as err:  # a broken live version must not block its replacement
+                scores.append({"metric": None, "why": f"{record.version}: {err}"})
+        return scores[0], scores[1]
 
     def _await(
         self,
@@ -393,36 +413,61 @@ class Registry:
         deadline = time.monotonic() + wait_s
         while True:
             workers = self.store.model_workers(seen_within=WORKER_SILENCE)
-            failed = [w for w in workers if (w.failed_revision or 0) >= deployed.revision]
+            # A process that failed on a later revision, for this kind: another operator's
+            # change to another kind failing is not this change failing.
+            failed = [
+                w
+                for w in workers
+                if (w.failed_revision or 0) >= deployed.revision
+                and (w.versions.get("failed") or {}).get("kind") == deployed.kind
+            ]
             if failed:
-                if before is not None:
-                    undo = {"promote": "rollback", "rollback": "promote"}.get(
-                        action, "canary" if before.candidate else "end_canary"
-                    )
-                    self.store.deploy(
-                        deployed.kind,
-                        undo,
-                        before.live,
-                        live=before.live,
-                        candidate=before.candidate,
-                        canary_share=before.canary_share,
-                        detail=f"undone: a server could not load it: {failed[0].error}",
-                        actor=self.actor,
-                    )
                 raise KefuError(
-                    f"{deployed.kind}: server {failed[0].id} could not load the new version, "
-                    f"so nothing changed: {failed[0].error}"
+                    f"{deployed.kind}: server {failed[0].id} could not load the new version: "
+                    f"{failed[0].error}. {self._undo(deployed, before, action, failed[0].error)}"
                 )
             behind = [w for w in workers if w.revision < deployed.revision]
             if not behind:
                 return [w.id for w in workers]
             if time.monotonic() > deadline:
-                raise KefuError(
+                raise NotTakenUp(
                     f"{deployed.kind}: the change is recorded, but {len(behind)} server "
                     f"process(es) did not take it up within {wait_s:g} s "
                     f"({', '.join(w.id for w in behind)}); see `kefu models status`"
                 )
             time.sleep(0.2)
+
+    def _undo(
+        self,
+        deployed: DeploymentRecord,
+        before: DeploymentRecord | None,
+        action: str,
+        error: str | None,
+    ) -> str:
+        """Put back what served before a change that a server could not load; says what it did."""
+        if before is None:
+            return (
+                f"It is the first version of {deployed.kind}, so there is nothing to go back to: "
+                "push a version that loads and promote it"
+            )
+        undo = {"promote": "rollback", "rollback": "promote"}.get(
+            action, "canary" if before.candidate else "end_canary"
+        )
+        try:
+            self.store.deploy(
+                deployed.kind,
+                undo,
+                before.candidate if undo == "canary" else before.live,
+                live=before.live,
+                candidate=before.candidate,
+                canary_share=before.canary_share,
+                detail=f"undone: a server could not load it: {error}",
+                actor=self.actor,
+                expected_revision=deployed.revision,
+            )
+        except Conflict:
+            return "A later change has replaced it already; nothing was undone"
+        return "It was undone, so nothing changed"
 
     # -- what kefu serve does at start
 
@@ -436,8 +481,11 @@ class Registry:
             version, new = self.push(kind, folder, "built by kefu build", (loaded or {}).get(kind))
             current = self.deployment(kind)
             if current is None:
-                self.promote(kind, version.version, wait_s=None)
-                said.append(f"{kind} {version.version} is live")
+                try:
+                    self.promote(kind, version.version, wait_s=None)
+                    said.append(f"{kind} {version.version} is live")
+                except Conflict:  # a replica starting at the same moment made it live first
+                    continue
             elif new and self.config.registry.promote_build:
                 try:
                     self.promote(kind, version.version, wait_s=None)

@@ -87,11 +87,15 @@ def test_a_corrupt_or_broken_model_is_never_pushed(
     not_a_number = variant(demo_project, tmp_path / "nan", scale=float("nan"))
     with pytest.raises(KefuError, match="smoke test: its weights hold NaN"):
         registry.push("generator", not_a_number)
+    # Finite weights, but logits beyond any float: the evaluation gives no number.
+    exploded = variant(demo_project, tmp_path / "exploded", scale=1e18)
+    with pytest.raises(KefuError, match=rf"{exploded} not pushed: .*the model is broken"):
+        registry.push("generator", exploded)
     with pytest.raises(KefuError, match="kinds are intent/en, intent/zh, kb, generator"):
         registry.push("classifier", corrupt)
     assert [v.version for v in registry.versions("generator")] == ["v1"]
     # Nothing of the refused pushes is left in the registry folder (other tests push beside).
-    refused = {folder_digest(corrupt)[:16], folder_digest(not_a_number)[:16]}
+    refused = {folder_digest(f)[:16] for f in (corrupt, not_a_number, exploded)}
     left = [
         p.name
         for p in (registry.root / "generator").iterdir()
@@ -168,8 +172,11 @@ def test_a_canary_takes_its_share_of_conversations_and_keeps_them(
         trying = next(serving.pick(i) for i in ids if draw(i) < 0.25)
         assert trying.knowledge_base is serving.live.knowledge_base
         assert trying.generator is not serving.live.generator
-        registry.end_canary("generator", wait_s=None)
+        # Promoting the live version keeps it and ends the canary.
+        kept = registry.promote("generator", "v1", wait_s=None)
+        assert (kept.deployment.live, kept.deployment.candidate) == ("v1", None)
         assert deployments.refresh() and not deployments.serving.canaries
+        assert registry.live_history("generator") == ["v1"]
     finally:
         deployments.stop()
 
@@ -190,7 +197,10 @@ def test_a_server_process_swaps_and_a_version_it_cannot_load_never_goes_live(
 
         broken, _ = registry.push("generator", variant(demo_project, tmp_path / "b", scale=0.9999))
         (Path(broken.path) / "model.safetensors").write_bytes(b"corrupted after the push")
-        with pytest.raises(KefuError, match=r"could not load the new version, so nothing changed"):
+        with pytest.raises(
+            KefuError,
+            match=r"could not load the new version: .*cannot be loaded.*It was undone, so nothing changed",
+        ):
             registry.promote("generator", broken.version, wait_s=30)
         assert registry.deployment("generator").live == good.version
         assert deployments.serving.live.versions["generator"] == good.version

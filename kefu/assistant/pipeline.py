@@ -43,6 +43,8 @@ from kefu.nlu.intent import IntentClassifier, load_classifier
 # encoder masks the padding out of its mean pooling).
 POOLED = ("embed", "finetune")
 UNDERSTANDING = threading.Lock()  # the process's one understanding lane (see Assistant)
+# An LSTM generator writes one reply at a time, whichever assistant (version set) asks.
+UNBATCHED_GENERATION = threading.Lock()
 
 
 class BatchLane:
@@ -229,7 +231,6 @@ class Assistant:
         # one per process: assistants of several versions (a canary) share their unchanged
         # models, and those models' tokenizers.
         self.understanding = BatchLane(self.look, running=UNDERSTANDING)
-        self.generator_lock = threading.Lock()
 
     @classmethod
     def load(cls, config: ProjectConfig) -> Assistant:
@@ -498,7 +499,7 @@ class Assistant:
             return
         pieces = stream(self.generator.model, self.generator.tokenizer, turn.prompt, sampling)
         while True:
-            with self.generator_lock:
+            with UNBATCHED_GENERATION:
                 piece = next(pieces, None)
             if piece is None:
                 return

@@ -15,6 +15,7 @@ process and on every turn, so a conversation stays with the versions it started 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -34,7 +35,8 @@ from kefu.registry import Registry
 from kefu.store.repository import DeploymentRecord, Store, StoreError
 
 log = logging.getLogger("kefu.serve")
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = 5.0  # well inside kefu.registry.WORKER_SILENCE
+RETRY_SECONDS = 30.0  # a revision that failed to load is tried again after this long
 
 
 def draw(conversation_id: str) -> float:
@@ -85,9 +87,23 @@ def _engine_for(run: Any, config: ProjectConfig) -> GenerationEngine | None:
 
 
 class VersionNotLoaded(KefuError):
-    def __init__(self, kind: str, version: str, cause: Exception) -> None:
+    def __init__(self, kind: str, version: str, cause: BaseException) -> None:
         super().__init__(f"{kind} {version} cannot serve: {cause}")
         self.kind, self.version = kind, version
+
+
+@dataclass
+class Failure:
+    """A registry revision this process could not load, and which version of which kind broke it."""
+
+    revision: int
+    kind: str
+    version: str
+    reason: str
+    at: float  # time.monotonic() of the attempt
+
+    def report(self) -> dict[str, Any]:
+        return {"revision": self.revision, "kind": self.kind, "version": self.version}
 
 
 class Deployments:
@@ -106,10 +122,9 @@ class Deployments:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
         self._models: dict[tuple[str, str], Any] = {}  # (kind, version) → loaded model
         self._engines: dict[str, GenerationEngine | None] = {}  # generator version → engine
-        self._failed: tuple[int, str] | None = None  # the revision that would not load, why
+        self._failed: Failure | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._last_beat = 0.0
+        self._threads: list[threading.Thread] = []
         self.serving: Serving
 
     def start(self, preloaded: Assistant | None = None) -> list[str]:
@@ -129,27 +144,38 @@ class Deployments:
                 if kind == "generator":
                     self._engines[version.version] = preloaded.engine
         revision = self.store.registry_revision()
-        self.serving = self._load(revision, self.store.deployments())
+        self.serving = self._load(revision, self.store.deployments(), None)
+        self._forget_unused()
         self._swap(self.serving)
-        self._thread = threading.Thread(target=self._watch, name="kefu-registry", daemon=True)
-        self._thread.start()
+        # Two threads: a load may take minutes, and the heartbeat must go on meanwhile, or
+        # `kefu models promote` would take this process for gone.
+        for target, name in ((self._watch, "kefu-registry"), (self._beat, "kefu-heartbeat")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return said
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def refresh(self) -> bool:
-        """One look at the registry; True when a new revision now serves."""
+        """One look at the registry; True when a new revision now serves.
+
+        A revision that fails to load leaves the old models serving and is reported (event
+        and heartbeat); it is tried again after RETRY_SECONDS, in case the cause was passing.
+        """
         revision = self.store.registry_revision()
-        if revision == self.serving.revision or (self._failed and self._failed[0] == revision):
+        failed = self._failed
+        if revision == self.serving.revision:
             return False
-        deployments = self.store.deployments()
+        if failed and failed.revision == revision and time.monotonic() - failed.at < RETRY_SECONDS:
+            return False
         try:
-            serving = self._load(revision, deployments)
-        except VersionNotLoaded as err:  # the old models keep serving
-            self._failed = (revision, str(err))
+            serving = self._load(revision, self.store.deployments(), self.serving)
+        except VersionNotLoaded as err:
+            self._failed = Failure(revision, err.kind, err.version, str(err), time.monotonic())
             log.error(
                 "registry revision %d not loaded; still serving %d: %s",
                 revision,
@@ -159,16 +185,21 @@ class Deployments:
             self.store.log_model_event(
                 err.kind, "load_failed", err.version, f"{self.worker}: {err}", "server"
             )
+            self._forget_unused()
             self._heartbeat()
             return False
         self._failed = None
         self.serving = serving
-        self._swap(serving)
         self._forget_unused()
+        self._swap(serving)
         log.info("now serving registry revision %d: %s", revision, serving.versions())
         return True
 
-    def _load(self, revision: int, deployments: list[DeploymentRecord]) -> Serving:
+    def _load(
+        self, revision: int, deployments: list[DeploymentRecord], current: Serving | None
+    ) -> Serving:
+        """Load and assemble a revision; VersionNotLoaded names the kind and version that broke
+        it, whatever the error (a corrupt file, a model too big for the prompt, out of memory)."""
         live_models, live_versions, canaries = {}, {}, {}
         for deployment in deployments:
             if deployment.kind not in self.registry.kinds:
@@ -181,16 +212,34 @@ class Deployments:
                     deployment.candidate,
                     self._model(deployment.kind, deployment.candidate),
                 )
-        engines = {}
-        generators = [live_versions.get("generator"), canaries.get("generator", (0, None))[1]]
-        for version in filter(None, generators):
-            engines[version] = self._engines.get(version) or _engine_for(
-                self._models[("generator", version)], self.config
+        changed = [
+            (kind, version)
+            for kind, version in [*live_versions.items(), *((k, c[1]) for k, c in canaries.items())]
+            if current is None or current.live_versions.get(kind) != version
+        ] or [("generator", live_versions.get("generator", "?"))]
+        try:
+            engines = {}
+            generators = [live_versions.get("generator"), canaries.get("generator", (0, None))[1]]
+            for version in filter(None, generators):
+                engines[version] = self._engines.get(version) or _engine_for(
+                    self._models[("generator", version)], self.config
+                )
+            live = Assistant.assemble(
+                self.config,
+                live_models,
+                live_versions,
+                engines.get(live_versions.get("generator", "")),
             )
+            for kind, (_, version, model) in canaries.items():  # each candidate must fit, too
+                Assistant.assemble(
+                    self.config,
+                    {**live_models, kind: model},
+                    {**live_versions, kind: version},
+                    engines.get(version) if kind == "generator" else live.engine,
+                )
+        except Exception as err:
+            raise VersionNotLoaded(*changed[0], err) from err
         self._engines = engines  # engines of versions no longer serving end when idle
-        live = Assistant.assemble(
-            self.config, live_models, live_versions, engines.get(live_versions.get("generator", ""))
-        )
         return Serving(
             revision, live, self.config, live_models, live_versions, canaries, engines=engines
         )
@@ -201,37 +250,52 @@ class Deployments:
                 record = self.store.model_version(kind, version)
                 model = load_model(kind, Path(record.path))
                 smoke_test(kind, model)
-            except KefuError as err:
+            except StoreError:
+                raise
+            except Exception as err:  # MemoryError, a CUDA error: all mean "cannot serve it"
                 raise VersionNotLoaded(kind, version, err) from err
             self._models[(kind, version)] = model
         return self._models[(kind, version)]
 
     def _forget_unused(self) -> None:
         """Drop our references to models no longer serving; requests still using them keep
-        theirs, and the memory goes when they finish."""
+        theirs. Assistants hold cycles (their understanding lane calls back into them), so
+        the collector runs here: the old models' memory is back before the next load."""
         serving = self.serving
         used = {(k, v) for k, v in serving.live_versions.items()}
         used |= {(k, version) for k, (_, version, _) in serving.canaries.items()}
         for key in list(self._models):
             if key not in used:
                 del self._models[key]
+        gc.collect()
 
     def _swap(self, serving: Serving) -> None:
         self.on_swap(serving)
         self._heartbeat()
 
     def _heartbeat(self) -> None:
-        failed, error = self._failed or (None, None)
+        failed = self._failed
+        versions = {**self.serving.versions(), "failed": failed.report() if failed else None}
         self.store.heartbeat(
-            self.worker, self.serving.revision, self.serving.versions(), failed, error
+            self.worker,
+            self.serving.revision,
+            versions,
+            failed.revision if failed else None,
+            failed.reason if failed else None,
         )
-        self._last_beat = time.monotonic()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.config.registry.poll_seconds):
             try:
-                swapped = self.refresh()
-                if not swapped and time.monotonic() - self._last_beat > HEARTBEAT_SECONDS:
-                    self._heartbeat()
+                self.refresh()
             except StoreError as err:  # the database is away for a moment: keep serving
                 log.warning("registry not checked: %s", err)
+            except Exception:  # a bug must not end the watching: log it, keep serving
+                log.exception("registry check failed; still serving %d", self.serving.revision)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._heartbeat()
+            except Exception as err:
+                log.warning("heartbeat not recorded: %s", err)

@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -763,7 +764,7 @@ class Store:
         Returns the record and whether it is new: the same content (digest) pushed again is the
         version it already was.
         """
-        for attempt in range(2):
+        for attempt in range(5):
             try:
                 with self._transaction() as session:
                     known = session.scalar(
@@ -793,9 +794,13 @@ class Store:
                     )
                     session.flush()
                     return _record(ModelVersionRecord, row), True
-            except IntegrityError:
-                if attempt:  # PostgreSQL: another push took the same number; the retry counts again
-                    raise
+            except IntegrityError as error:
+                # PostgreSQL: a concurrent push took the same number; counting again finds it.
+                if attempt == 4:
+                    raise Conflict(
+                        f"{kind}: too many pushes at once took the same version number; push again"
+                    ) from error
+                time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
     def model_versions(self, kind: str | None = None) -> list[ModelVersionRecord]:
@@ -847,10 +852,40 @@ class Store:
         """Change what serves a kind and log why, in one transaction.
 
         Args:
-            expected_revision: the revision the caller decided on; Conflict if another change
-                came first (two operators at once), so no decision is made on a stale state.
+            expected_revision: the revision the caller decided on (0: that nothing is deployed
+                yet); Conflict if another change came first (two operators, or two replicas
+                starting at once), so no decision is made on a stale state.
         """
         _check(action, MODEL_ACTIONS, "model action")
+        try:
+            return self._deploy(
+                kind,
+                action,
+                version,
+                live,
+                candidate,
+                canary_share,
+                detail,
+                actor,
+                expected_revision,
+            )
+        except IntegrityError as error:  # PostgreSQL: both saw no row and both inserted one
+            raise Conflict(
+                f"The {kind} deployment was created by another process at the same moment; look again and retry."
+            ) from error
+
+    def _deploy(
+        self,
+        kind: str,
+        action: str,
+        version: str | None,
+        live: str,
+        candidate: str | None,
+        canary_share: float,
+        detail: str | None,
+        actor: str | None,
+        expected_revision: int | None,
+    ) -> DeploymentRecord:
         with self._transaction() as session:
             row = session.get(ModelDeployment, kind, with_for_update=True)
             current = row.revision if row is not None else 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from kefu.registry import Promotion, PromotionRefused, Registry
+from kefu.registry import NotTakenUp, Promotion, PromotionRefused, Registry
 from kefu.serve.deps import AdminCaller, Service
 from kefu.serve.protocol import CanaryRequest, PromoteRequest, PushRequest, RollbackRequest
 from kefu.serve.security import APIError
@@ -22,6 +22,16 @@ router = APIRouter(prefix="/admin/models")
 
 def _registry(service, caller) -> Registry:
     return Registry(service.deployments.config, service.store, actor=caller.identity)
+
+
+async def _changed(change, *args) -> dict:
+    """Run a registry change; a refused promotion is 409, a change not yet served everywhere 504."""
+    try:
+        return _done(await run_in_threadpool(change, *args))
+    except PromotionRefused as err:
+        raise APIError(409, str(err), param="version", code="promotion_refused") from None
+    except NotTakenUp as err:
+        raise APIError(504, str(err), "timeout", code="not_yet_serving") from None
 
 
 def _done(promotion: Promotion) -> dict:
@@ -76,26 +86,17 @@ async def push(body: PushRequest, caller: AdminCaller, service: Service) -> dict
 @router.post("/promote")
 async def promote(body: PromoteRequest, caller: AdminCaller, service: Service) -> dict:
     registry = _registry(service, caller)
-    try:
-        done = await run_in_threadpool(
-            registry.promote, body.kind, body.version, body.force, body.wait_s
-        )
-    except PromotionRefused as err:
-        raise APIError(409, str(err), param="version", code="promotion_refused") from None
-    return _done(done)
+    return await _changed(registry.promote, body.kind, body.version, body.force, body.wait_s)
 
 
 @router.post("/rollback")
 async def rollback(body: RollbackRequest, caller: AdminCaller, service: Service) -> dict:
-    registry = _registry(service, caller)
-    return _done(await run_in_threadpool(registry.rollback, body.kind, body.wait_s))
+    return await _changed(_registry(service, caller).rollback, body.kind, body.wait_s)
 
 
 @router.post("/canary")
 async def canary(body: CanaryRequest, caller: AdminCaller, service: Service) -> dict:
     registry = _registry(service, caller)
     if body.version is None:
-        return _done(await run_in_threadpool(registry.end_canary, body.kind, body.wait_s))
-    return _done(
-        await run_in_threadpool(registry.canary, body.kind, body.version, body.share, body.wait_s)
-    )
+        return await _changed(registry.end_canary, body.kind, body.wait_s)
+    return await _changed(registry.canary, body.kind, body.version, body.share, body.wait_s)
