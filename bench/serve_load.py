@@ -109,6 +109,8 @@ class Result:
     message_id: int | None = None
     answer: str | None = None
     error: str | None = None
+    model_versions: dict[str, str] | None = None  # the versions the answer names
+    versions_changed: bool = False  # a stream whose chunks named different versions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +337,11 @@ def _take(result: Result, kefu: dict[str, Any]) -> None:
     result.conversation_id = kefu.get("conversation_id") or result.conversation_id
     result.user_message_id = kefu.get("user_message_id") or result.user_message_id
     result.message_id = kefu.get("message_id") or result.message_id
+    versions = kefu.get("model_versions")
+    if versions is not None:
+        if result.model_versions is not None and result.model_versions != versions:
+            result.versions_changed = True
+        result.model_versions = versions
 
 
 def _message(body: str | bytes) -> str:

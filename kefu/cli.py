@@ -10,8 +10,10 @@ Results go to stdout, progress and notes to stderr (`--quiet` hides them).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
+import logging.config
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -889,6 +891,10 @@ def serve_command(
         store = _store_of(project, database)
         key, _ = store.create_api_key("kefu serve --new-key", ["chat", "admin"])
         store.close()
+    # uvicorn's log setup, with kefu's own loggers (swaps, load failures, turns) on its handler.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["kefu"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    logging.config.dictConfig(log_config)
     note(f"loading {project} …")
     if workers > 1:  # the workers would race to push the build's models: push them once here
         with _registry_of(project, database) as registry:
@@ -903,7 +909,11 @@ def serve_command(
         stdout.print(f"WeChat callback: {url}/channels/wechat")
     if app is not None:
         uvicorn.run(
-            app, host=host, port=port, log_level="info", forwarded_allow_ips=forwarded_allow_ips
+            app,
+            host=host,
+            port=port,
+            log_config=log_config,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
     else:
         settings.to_environment()
@@ -913,7 +923,7 @@ def serve_command(
             host=host,
             port=port,
             workers=workers,
-            log_level="info",
+            log_config=log_config,
             forwarded_allow_ips=forwarded_allow_ips,
         )
 

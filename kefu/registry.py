@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kefu.assistant.pipeline import load_model, model_kinds, smoke_test
+from kefu.assistant.pipeline import Assistant, load_model, model_kinds, smoke_test
 from kefu.config import ProjectConfig
 from kefu.errors import KefuError
 from kefu.files import write_text_atomically
@@ -240,6 +240,8 @@ class Registry:
                 # The copy is what will serve, so the copy is what is tested.
                 try:
                     model = loaded if loaded is not None else _checked_load(kind, staging)
+                    if kind == "generator":  # the project's prompt must leave it room to answer
+                        Assistant.assemble(self.config, {kind: model}, {})
                     meta = {"digest": digest, "evaluation": evaluate(self.config, kind, model)}
                 except KefuError as err:
                     said = str(err).replace(str(staging), str(folder))

@@ -2,11 +2,12 @@
 
     stream() ─► waiting ─┐   the engine's thread, one loop per step:
                          ▼
-    ┌─► admit: prefill alone into a free row of the SlotCache, sample its first token ──┐
-    │   free the rows of finished and cancelled replies                                 │
-    │   GPT.decode_slots: one forward pass, one new token for every active row          │
-    └── sample each row with its own SamplingConfig ─► its _Reply ──────────────────────┤
-                                                                                        ▼
+    ┌─► admit: prefill the arrivals into free rows of the SlotCache, in batches of like ─┐
+    │   length, and sample each batch's first tokens                                     │
+    │   free the rows of finished and cancelled replies                                  │
+    │   GPT.decode_slots: one forward pass, one new token for every active row           │
+    └── sample each row with its own SamplingConfig ─► its _Reply ───────────────────────┤
+                                                                                         ▼
                                       new text ─► the request's own queue ─► its reader
 
 One background thread does all model work, so a step serves every reply at once: on a CPU a
@@ -16,14 +17,22 @@ vanished reader holds up no one. It starts with the first request and ends after
 `idle_seconds` without any. The slot cache (keys and values for max_batch × context_length
 tokens) is allocated at the first request and kept while the engine lives.
 
-The replies are those of `kefu.infer.generate.stream`, piece for piece: the same prefill, the
-same `next_token` on the same logits (up to float rounding of a batched matrix product, ~1e-7)
-and the same `_Reply` bookkeeping. A seeded request samples with its own torch.Generator, so it
+The prompts that arrive in one step are read together (GPT.prefill_slots: one forward pass,
+left-padded to the longest, padding masked out), which is most of what a burst of requests
+waits for. Padding costs as much as a real token, so a burst of very different lengths is cut
+into batches of like length, as many as pays for their extra forward passes
+(`_prefill_batches`).
+
+The replies are those of `kefu.infer.generate.stream`, piece for piece: the same prefill (each
+row's keys, values and logits as its prompt alone gives them, padding or not), the same
+`next_token` on the same logits (up to float rounding of a batched matrix product, ~1e-6) and
+the same `_Reply` bookkeeping. A seeded request samples with its own torch.Generator, so it
 draws exactly the random numbers it would draw alone.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import weakref
@@ -42,6 +51,10 @@ from kefu.text.tokenizer import ChatTokenizer
 # What a reader takes from its queue: a piece of text, None when the reply is complete, or the
 # exception that broke the step its request was in.
 Piece = str | BaseException | None
+
+# What one more prefill pass costs, in prompt tokens: on a CPU, bench/batching.py's GPT spends
+# ~5 ms on a forward pass besides ~0.1 ms on each token it reads, padding included.
+PASS_COST_TOKENS = 50
 
 
 @dataclass(eq=False)
@@ -191,12 +204,15 @@ class GenerationEngine:
                     if self._slots is None:
                         self._slots = self.model.new_slots(self.max_batch)
                     slots = self._slots
-                    for request in arrivals:
-                        request.logits = self.model.prefill_slot(request.prompt, slots)
-                        rows.append(request)
-                        # Its first token at once: a burst of arrivals shows each reply's start
-                        # as soon as its own prompt is read, not after everyone's.
-                        self._advance([request])
+                    for batch in self._prefill_batches(arrivals):
+                        prompts = [request.prompt for request in batch]
+                        logits = self.model.prefill_slots(prompts, slots)  # (len(batch), vocab)
+                        for request, row_logits in zip(batch, logits, strict=True):
+                            request.logits = row_logits
+                        rows += batch
+                        # Their first tokens at once: a burst of arrivals shows each reply's start
+                        # as soon as its own batch is read, not after everyone's.
+                        self._advance(batch)
                     self._retire(rows, slots)
                     if rows:
                         ids = torch.tensor([r.history[-1] for r in rows], device=self._device)
@@ -240,6 +256,30 @@ class GenerationEngine:
                 request.shown = text
             if reply.finish_reason:
                 request.pieces.put(None)
+
+    @staticmethod
+    def _prefill_batches(requests: list[_Request]) -> list[list[_Request]]:
+        """The requests cut into batches of like prompt length, shortest first, to prefill fastest.
+
+        A batch costs PASS_COST_TOKENS plus its rows × its longest prompt; in length order, the
+        cheapest cut follows from the cheapest cut of every shorter prefix.
+        """
+        ordered = sorted(requests, key=lambda request: len(request.prompt))
+        # cost[end]: least cost of the `end` shortest prompts; first[end]: where its last batch starts.
+        cost = [0.0] + [math.inf] * len(ordered)
+        first = [0] * (len(ordered) + 1)
+        for end in range(1, len(ordered) + 1):
+            longest = len(ordered[end - 1].prompt)
+            for start in range(end):
+                total = cost[start] + PASS_COST_TOKENS + (end - start) * longest
+                if total < cost[end]:
+                    cost[end], first[end] = total, start
+        batches: list[list[_Request]] = []
+        end = len(ordered)
+        while end:
+            batches.append(ordered[first[end] : end])
+            end = first[end]
+        return batches[::-1]
 
     @staticmethod
     def _retire(rows: list[_Request], slots: SlotCache) -> None:

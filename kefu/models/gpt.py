@@ -14,8 +14,8 @@ left-padded, with a key mask and positions that start at 0 on each prompt's firs
 Continuous batching (kefu.infer.engine) uses a `SlotCache` instead: one row per sequence, each
 row at its own length, so sequences join and leave between steps without padding:
 
-    prompt ─ prefill alone (B=1 KVCache) ─ copy ─► free row ─┐
-                                                            ▼
+    prompts ─ prefill together (left-padded KVCache) ─ copy their real tokens ─► free rows ─┐
+                                                                                            ▼
     rows 0..n-1 ─ decode_slots: one token per row at its own position ─► logits (n, vocab)
                   (attends over keys[:, :n, :, :longest+1], masked per row)
 """
@@ -150,17 +150,23 @@ class SlotCache:
     def free(self) -> int:
         return self.keys.shape[1] - self.active
 
-    def add(self, cache: KVCache) -> int:
-        """Copy a one-sequence, unpadded cache (a prompt prefilled alone) into a free row; its row."""
-        if cache.keys.shape[1] != 1 or cache.key_mask is not None:
-            raise ValueError("only an unpadded cache of one sequence fits in a row")
-        if not self.free:
-            raise ValueError(f"all {self.keys.shape[1]} rows are taken; remove one first")
-        row, length = self.active, cache.length
-        self.keys[:, row, :, :length] = cache.keys[:, 0, :, :length]
-        self.values[:, row, :, :length] = cache.values[:, 0, :, :length]
-        self.lengths.append(length)
-        return row
+    def add(self, cache: KVCache) -> None:
+        """Copy the sequences of a prefilled cache into free rows, in order, without their padding.
+
+        `prefill` left-pads, so a sequence of L tokens holds the last L of the cache's positions;
+        its row gets them from position 0 on, as if it had been prefilled alone.
+        """
+        if cache.next_position is None:
+            raise ValueError("only a cache filled by GPT.prefill knows its sequences' lengths")
+        lengths = cache.next_position.tolist()
+        if len(lengths) > self.free:
+            raise ValueError(f"{len(lengths)} sequences do not fit the {self.free} free rows")
+        end = cache.length
+        for sequence, length in enumerate(lengths):
+            row = self.active
+            self.keys[:, row, :, :length] = cache.keys[:, sequence, :, end - length : end]
+            self.values[:, row, :, :length] = cache.values[:, sequence, :, end - length : end]
+            self.lengths.append(length)
 
     def remove(self, row: int) -> None:
         """Free `row`; the last active row moves into it (so remove several from the last down)."""
@@ -380,15 +386,13 @@ class GPT(nn.Module):
         return logits[:, -1]
 
     @torch.no_grad()
-    def prefill_slot(self, prompt: list[int], slots: SlotCache) -> Tensor:
-        """Run one prompt alone into a free row of `slots`; logits (vocab,) of the token after it.
-
-        Alone, the prompt needs neither padding nor a mask: the same computation as `prefill`.
-        """
-        cache = self.new_cache(1, len(prompt))
-        logits = self.forward(torch.tensor([prompt], device=self.embed.weight.device), cache)
+    def prefill_slots(self, prompts: list[list[int]], slots: SlotCache) -> Tensor:
+        """Run the prompts in one batch into free rows of `slots`, in order; their last logits
+        (len(prompts), vocab). Each row holds what prefilling its prompt alone would put there:
+        padding is masked out of attention, and left out of the copy."""
+        logits, cache = self.prefill(prompts, max_new_tokens=0)
         slots.add(cache)
-        return logits[0, -1]
+        return logits
 
     @torch.no_grad()
     def decode_slots(self, ids: Tensor, slots: SlotCache) -> Tensor:

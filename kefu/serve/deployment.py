@@ -123,6 +123,7 @@ class Deployments:
         self._models: dict[tuple[str, str], Any] = {}  # (kind, version) → loaded model
         self._engines: dict[str, GenerationEngine | None] = {}  # generator version → engine
         self._failed: Failure | None = None
+        self._previous: dict[str, str] = {}  # kind → the version live before, kept loaded
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.serving: Serving
@@ -189,6 +190,9 @@ class Deployments:
             self._heartbeat()
             return False
         self._failed = None
+        for kind, version in self.serving.live_versions.items():
+            if serving.live_versions.get(kind) != version:
+                self._previous[kind] = version
         self.serving = serving
         self._forget_unused()
         self._swap(serving)
@@ -258,12 +262,13 @@ class Deployments:
         return self._models[(kind, version)]
 
     def _forget_unused(self) -> None:
-        """Drop our references to models no longer serving; requests still using them keep
-        theirs. Assistants hold cycles (their understanding lane calls back into them), so
+        """Drop our references to models no longer serving (but the previous live version of
+        each kind); requests still using them keep theirs. Assistants hold cycles (their understanding lane calls back into them), so
         the collector runs here: the old models' memory is back before the next load."""
         serving = self.serving
         used = {(k, v) for k, v in serving.live_versions.items()}
         used |= {(k, version) for k, (_, version, _) in serving.canaries.items()}
+        used |= set(self._previous.items())  # a rollback is then a switch, not a load
         for key in list(self._models):
             if key not in used:
                 del self._models[key]
