@@ -7,7 +7,8 @@ it streams. Two ways to serve them, in the same process, in turn:
               exactly as `Assistant.generate` served replies so far: one B=1 forward pass at
               a time, whoever holds the lock.
 - engine:     `kefu.infer.engine.GenerationEngine` (max_batch 16): the requests join one
-              continuous batch, one forward pass per step for all of them.
+              continuous batch, one forward pass per step for all of them; the prompts that
+              arrive together are read together, in a few batches of like length.
 
 The model is a GPT a bit larger than the demo's (d_model 256, 4 layers, 4 heads, context 512),
 randomly initialised with seed 0, over the vocabulary of a byte-level BPE tokenizer trained in
@@ -244,8 +245,8 @@ def main() -> None:
     ratio_16 = figures.get("s16_ratio")
     figures.update(
         target_ratio_at_16=TARGET_RATIO,
-        # Shorter replies leave the prompts' prefill, which batching does not speed up, a
-        # larger share: the target only means something at 64 new tokens or more.
+        # Shorter replies leave the prompts' prefill, which batching speeds up far less than
+        # decoding, a larger share: the target only means something at 64 new tokens or more.
         meets_target=None if ratio_16 is None or new < 64 else ratio_16 >= TARGET_RATIO,
         replies_identical=identical,
     )

@@ -294,12 +294,18 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, ids: Tensor, cache: KVCache | None = None, positions: Tensor | None = None
+        self,
+        ids: Tensor,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Logits (B, T, vocab) for token ids (B, T), extending `cache` when one is given.
 
         Args:
             positions: (B, T) position of each token; default: consecutive after the cache.
+            last_only: logits of the last position only, (B, 1, vocab). Reading a prompt
+                needs no more, and the vocabulary projection is much of its arithmetic.
         """
         T = ids.shape[1]
         past = cache.length if cache is not None else 0
@@ -321,6 +327,8 @@ class GPT(nn.Module):
             x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.length += T
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))
 
     def _mask(self, cache: KVCache, T: int, device: torch.device) -> Tensor | None:
@@ -374,7 +382,7 @@ class GPT(nn.Module):
             cache.key_mask[:, longest:] = True
             positions = (real.long().cumsum(-1) - 1).clamp(min=0)
             cache.next_position = lengths
-        logits = self.forward(ids, cache, positions)
+        logits = self.forward(ids, cache, positions, last_only=True)
         return logits[:, -1], cache
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ from kefu.models.gpt import GPT, GPTConfig
 from tests.infer.conftest import REPLIES, prompt_for
 
 PROMPTS = ["Hello, I lost my card", "我的银行卡", "Thanks 😊 退回？", "How do I reset"]
+LONG_PROMPT = "Thanks 😊 我的银行卡丢了，怎么办？"  # 41 tokens, against PROMPTS' 12-19
 
 
 def read(pieces: Iterator[str], count: int | None = None, timeout: float = 10.0) -> list[str]:
@@ -47,6 +48,27 @@ def long_gpt(tokenizer) -> GPT:
     return GPT(config).eval()
 
 
+def test_prefill_slots_fills_each_row_as_its_prompt_alone_would(gpt, tokenizer):
+    gpt.eval()
+    prompts = [tokenizer.encode(text) for text in [*PROMPTS[:3], LONG_PROMPT]]
+    assert len({len(p) for p in prompts}) == 4  # left-padded to the longest, masked
+    slots = gpt.new_slots(5)
+    gpt.prefill_slots(prompts[:1], slots)  # a row already taken: the batch goes after it
+    logits = gpt.prefill_slots(prompts, slots)
+    assert slots.lengths == [len(prompts[0])] + [len(p) for p in prompts]
+    for row, prompt in enumerate(prompts, start=1):
+        expected, alone = gpt.prefill([prompt], 0)
+        torch.testing.assert_close(logits[row - 1], expected[0], atol=1e-5, rtol=0)
+        # Exactly its own tokens from position 0, no padding before them: as if prefilled alone.
+        length = len(prompt)
+        torch.testing.assert_close(
+            slots.keys[:, row, :, :length], alone.keys[:, 0], atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            slots.values[:, row, :, :length], alone.values[:, 0], atol=1e-5, rtol=0
+        )
+
+
 def test_decode_slots_equals_decoding_each_sequence_alone(gpt, tokenizer):
     gpt.eval()
     prompts = [tokenizer.encode(text) for text in PROMPTS[:3]]
@@ -56,11 +78,12 @@ def test_decode_slots_equals_decoding_each_sequence_alone(gpt, tokenizer):
     owner: list[int] = []  # row -> sequence
     generator = torch.Generator().manual_seed(0)
 
-    def join(sequence: int) -> None:
-        logits = gpt.prefill_slot(prompts[sequence], slots)
-        expected, alone[sequence] = gpt.prefill([prompts[sequence]], 20)
-        torch.testing.assert_close(logits, expected[0], atol=1e-5, rtol=0)
-        owner.append(sequence)
+    def join(*sequences: int) -> None:
+        logits = gpt.prefill_slots([prompts[sequence] for sequence in sequences], slots)
+        for sequence, row_logits in zip(sequences, logits, strict=True):
+            expected, alone[sequence] = gpt.prefill([prompts[sequence]], 20)
+            torch.testing.assert_close(row_logits, expected[0], atol=1e-5, rtol=0)
+            owner.append(sequence)
 
     def step() -> None:
         ids = torch.randint(tokenizer.vocab_size, (slots.active,), generator=generator)
@@ -69,8 +92,7 @@ def test_decode_slots_equals_decoding_each_sequence_alone(gpt, tokenizer):
             expected = gpt.decode(ids[row : row + 1], alone[sequence])
             torch.testing.assert_close(logits[row], expected[0], atol=1e-5, rtol=0)
 
-    join(0)
-    join(1)
+    join(0, 1)  # prefilled together, padded
     for _ in range(3):
         step()
     join(2)  # joins mid-way, shorter than the others
@@ -104,6 +126,42 @@ def test_concurrent_greedy_streams_equal_each_stream_alone(arch, request, tokeni
         )
     if arch == "trained_gpt":
         assert "".join(replies[4]) == REPLIES["hello"]
+
+
+@pytest.mark.parametrize("arch", ["gpt", "trained_gpt"])
+def test_requests_arriving_together_are_prefilled_together_and_reply_as_alone(
+    arch, request, tokenizer, monkeypatch
+):
+    model = request.getfixturevalue(arch)
+    batches: list[list[int]] = []  # the prompt lengths of each prefill pass
+    prefill_slots = model.prefill_slots
+
+    def recorded(prompts, slots):
+        batches.append([len(prompt) for prompt in prompts])
+        return prefill_slots(prompts, slots)
+
+    monkeypatch.setattr(model, "prefill_slots", recorded)
+    prompts = [tokenizer.encode(text) for text in [LONG_PROMPT, PROMPTS[0], PROMPTS[2]]]
+    prompts += [prompt_for(tokenizer, "hello"), prompt_for(tokenizer, "你好")]
+    configs = [
+        SamplingConfig(max_new_tokens=20),
+        SamplingConfig(max_new_tokens=20, temperature=0.8, top_k=40, top_p=0.95, seed=0),
+        SamplingConfig(max_new_tokens=20, temperature=1.2, repetition_penalty=1.3, seed=2),
+        SamplingConfig(max_new_tokens=40),
+        SamplingConfig(max_new_tokens=40),
+    ]
+    engine = GenerationEngine(model, tokenizer)
+    with engine._wakeup:  # the engine's thread waits for the lock: all arrive in its first step
+        streams = [engine.stream(p, c) for p, c in zip(prompts, configs, strict=True)]
+    replies = [read(s) for s in streams]
+    # The four short ones, of four lengths, in one padded pass; padding them to the long one's
+    # 41 tokens would cost more than the long one's pass of its own.
+    assert batches == [[5, 9, 12, 19], [41]]
+    for reply, prompt, config in zip(replies, prompts, configs, strict=True):
+        assert reply == list(stream(model, tokenizer, prompt, config))
+    if arch == "trained_gpt":  # its replies by heart, read through 14 and 10 tokens of padding
+        assert "".join(replies[3]) == REPLIES["hello"]
+        assert "".join(replies[4]) == REPLIES["你好"]
 
 
 def test_requests_from_many_threads_each_get_their_own_reply(gpt, tokenizer):
