@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -358,18 +358,24 @@ async def customer(
     model: str,
     messages: dict[str, list[str]],
     args: argparse.Namespace,
-    deadline: float,
+    stop: asyncio.Event,
     results: list[Result],
+    new_result: Callable[[str, str, bool, str], Result] = Result,
 ) -> None:
-    """One seat: conversations of 2-5 turns, one after another, until the deadline."""
+    """One seat: conversations of 2-5 turns, one after another, until `stop` is set.
+
+    Args:
+        new_result: makes the record of one request (phase, kind, stream, text); a benchmark
+            that records more (bench/swap.py: when it was sent) passes its own.
+    """
     rng = random.Random(f"{args.seed}/{phase}/{number}")
     while True:
         conversation_id = None
         for _ in range(rng.randint(*TURNS)):
-            if args.think > 0:  # cut short at the deadline: the phase ends on time
-                pause = rng.expovariate(1 / args.think)
-                await asyncio.sleep(max(0.0, min(pause, deadline - time.perf_counter())))
-            if time.perf_counter() >= deadline:
+            if args.think > 0:  # cut short by `stop`: the phase ends on time
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), rng.expovariate(1 / args.think))
+            if stop.is_set():
                 return
             if phase == "floor":
                 result = Result(phase, "healthz", False, "")
@@ -385,7 +391,7 @@ async def customer(
                 results.append(result)
                 continue
             kind, text = draw(rng, messages)
-            result = Result(phase, kind, rng.random() < args.stream_share, text)
+            result = new_result(phase, kind, rng.random() < args.stream_share, text)
             await chat(client, base, model, result, conversation_id)
             results.append(result)
             if result.error or result.route == "handoff":
@@ -432,8 +438,10 @@ async def run_phase(
     async with _client(args, key) as client:
         cpu, client_cpu, machine = cpu_seconds(pid), _own_cpu(), machine_cpu()
         started = time.perf_counter()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
         await asyncio.gather(*(
-            customer(n, phase, client, base, model, messages, args, started + seconds, results)
+            customer(n, phase, client, base, model, messages, args, stop, results)
             for n in range(args.customers)
         ))  # fmt: skip
         wall = time.perf_counter() - started

@@ -58,7 +58,6 @@ import datetime
 import itertools
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -78,12 +77,9 @@ from serve_load import (
     KEFU,
     PROJECT,
     REPO,
-    TURNS,
     Result,
-    chat,
     create_key,
     database,
-    draw,
     free_port,
     percentiles,
     read_messages,
@@ -234,39 +230,6 @@ def stop_group(process: subprocess.Popen) -> None:
 # the load and the commands
 
 
-async def customer(
-    number: int,
-    client: httpx.AsyncClient,
-    base: str,
-    model: str,
-    messages: dict[str, list[str]],
-    args: argparse.Namespace,
-    stop: asyncio.Event,
-    began: float,
-    results: list[Request],
-) -> None:
-    """One seat: conversations of 2-5 turns, one after another, until `stop` is set."""
-    rng = random.Random(f"{args.seed}/swap/{number}")
-    while True:
-        conversation_id = None
-        for _ in range(rng.randint(*TURNS)):
-            if args.think > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), rng.expovariate(1 / args.think))
-            if stop.is_set():
-                return
-            kind, text = draw(rng, messages)
-            result = Request(
-                "load", kind, rng.random() < args.stream_share, text,
-                at_s=time.perf_counter() - began,
-            )  # fmt: skip
-            await chat(client, base, model, result, conversation_id)
-            results.append(result)
-            if result.error or result.route == "handoff":
-                break
-            conversation_id = result.conversation_id
-
-
 async def cli(*arguments: str) -> dict[str, Any]:
     """Run `kefu ARGUMENTS`; its wall time (and clock times), exit status and output."""
     started, started_at = time.perf_counter(), time.time()
@@ -336,8 +299,14 @@ async def scenario(
           f"{args.before:g} s, push/promote/{args.pause:g} s/rollback, after {args.after:g} s",
           flush=True)  # fmt: skip
     async with serve_load._client(args, key) as client:
+
+        def request(phase: str, kind: str, stream: bool, text: str) -> Request:
+            return Request(phase, kind, stream, text, at_s=time.perf_counter() - began)
+
         load = asyncio.gather(*(
-            customer(n, client, base, model, messages, args, stop, began, results)
+            serve_load.customer(
+                n, "load", client, base, model, messages, args, stop, results, request
+            )
             for n in range(args.customers)
         ))  # fmt: skip
         candidate = None
