@@ -775,12 +775,27 @@ def main() -> None:
                 run = asyncio.run(load(args, base, key, process.pid))
             counted = run["main"]["results"]
             checks, stored_ms = verify(url, run["warm"] + counted)
-        problems = [
-            line
-            for line in log.read_text(errors="replace").splitlines()
-            if any(word in line for word in ("ERROR", "Traceback", "WARNING", "Exception"))
-        ]
+        problems = log_problems(log)
     figures = figures_of(args, run["floor"], run["main"], checks, stored_ms)
+    report(figures, show, problems, started)
+
+
+def log_problems(log: Path) -> list[str]:
+    """The error and warning lines of a server log."""
+    return [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if any(word in line for word in ("ERROR", "Traceback", "WARNING", "Exception"))
+    ]
+
+
+def report(
+    figures: dict[str, Any],
+    show: Callable[[dict[str, Any]], None],
+    problems: list[str],
+    started: float,
+) -> None:
+    """Print a run's tables, the server log's error and warning lines, and the JSON line."""
     figures["server_log_problems"] = len(problems)
     figures["total_s"] = time.perf_counter() - started
     show(figures)

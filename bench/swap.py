@@ -81,8 +81,10 @@ from serve_load import (
     create_key,
     database,
     free_port,
+    log_problems,
     percentiles,
     read_messages,
+    report,
     tail,
     verify,
     warm_up,
@@ -692,11 +694,7 @@ def main() -> None:
                 checks["versions"] = stored_versions(url, run["results"], run["commands"])
         finally:
             shutil.rmtree(pushed, ignore_errors=True)
-        problems = [
-            line
-            for line in log.read_text(errors="replace").splitlines()
-            if any(word in line for word in ("ERROR", "Traceback", "WARNING", "Exception"))
-        ]
+        problems = log_problems(log)
     if args.requests_out:
         with open(args.requests_out, "w", encoding="utf-8") as file:
             for r in run["results"]:
@@ -705,14 +703,7 @@ def main() -> None:
                 file.write(json.dumps({f: getattr(r, f) for f in fields}, ensure_ascii=False))
                 file.write("\n")
     figures = figures_of(args, run, checks)
-    figures["server_log_problems"] = len(problems)
-    figures["total_s"] = time.perf_counter() - started
-    show(figures)
-    if problems:
-        print(f"server log: {len(problems)} error/warning lines, the first:")
-        print("\n".join(f"  {line}" for line in problems[:10]))
-    print(f"total {figures['total_s']:.0f} s")
-    print(json.dumps(figures, ensure_ascii=False, default=float))
+    report(figures, show, problems, started)
     if not figures["meets"]["commands"]:
         sys.exit(1)
 
