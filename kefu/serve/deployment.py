@@ -234,18 +234,27 @@ class Deployments:
                 live_versions,
                 engines.get(live_versions.get("generator", "")),
             )
-            for kind, (_, version, model) in canaries.items():  # each candidate must fit, too
-                Assistant.assemble(
+            trying_one = {  # each candidate must fit, too; the draws that take one use these
+                frozenset({kind}): Assistant.assemble(
                     self.config,
                     {**live_models, kind: model},
                     {**live_versions, kind: version},
                     engines.get(version) if kind == "generator" else live.engine,
                 )
+                for kind, (_, version, model) in canaries.items()
+            }
         except Exception as err:
             raise VersionNotLoaded(*changed[0], err) from err
         self._engines = engines  # engines of versions no longer serving end when idle
         return Serving(
-            revision, live, self.config, live_models, live_versions, canaries, engines=engines
+            revision,
+            live,
+            self.config,
+            live_models,
+            live_versions,
+            canaries,
+            engines=engines,
+            _assembled=trying_one,
         )
 
     def _model(self, kind: str, version: str) -> Any:
