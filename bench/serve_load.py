@@ -730,16 +730,10 @@ async def load(args: argparse.Namespace, base: str, key: str, pid: int) -> dict[
     return {"warm": warm, "floor": floor, "main": main}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10 customers, 15 s, floor 5 s")
-    parser.add_argument("--customers", type=int, help="concurrent conversations (default 50)")
-    parser.add_argument("--duration", type=float, help="seconds of the chat phase (default 60)")
+def customer_options(parser: argparse.ArgumentParser, think: float) -> None:
+    """The simulated customers' options that bench/swap.py shares."""
     parser.add_argument(
-        "--floor-duration", type=float, help="seconds of the GET /healthz phase (default 10)"
-    )
-    parser.add_argument(
-        "--think", type=float, default=3.0, help="mean think time before each message, s"
+        "--think", type=float, default=think, help="mean think time before each message, s"
     )
     parser.add_argument(
         "--stream-share", type=float, default=0.3, help="share of requests with stream=true"
@@ -752,6 +746,17 @@ def main() -> None:
         help="sqlite (a fresh file) or a PostgreSQL URL that may create databases, e.g. "
         "postgresql://postgres@127.0.0.1:5432/test (a fresh database is made and dropped)",
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10 customers, 15 s, floor 5 s")
+    parser.add_argument("--customers", type=int, help="concurrent conversations (default 50)")
+    parser.add_argument("--duration", type=float, help="seconds of the chat phase (default 60)")
+    parser.add_argument(
+        "--floor-duration", type=float, help="seconds of the GET /healthz phase (default 10)"
+    )
+    customer_options(parser, think=3.0)
     parser.add_argument(
         "--workers", type=int, default=1, help="server processes (kefu serve --workers)"
     )

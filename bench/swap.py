@@ -631,24 +631,11 @@ def main() -> None:
         "--quick", action="store_true", help="the small demo, 10 customers, shorter windows"
     )
     parser.add_argument("--customers", type=int, help="concurrent conversations (default 30)")
-    parser.add_argument(
-        "--think", type=float, default=2.0, help="mean think time before each message, s"
-    )
-    parser.add_argument(
-        "--stream-share", type=float, default=0.3, help="share of requests with stream=true"
-    )
+    serve_load.customer_options(parser, think=2.0)
     parser.add_argument("--settle", type=float, help="s of load not counted (default 5)")
     parser.add_argument("--before", type=float, help="s of steady state first (default 30)")
     parser.add_argument("--pause", type=float, help="s with the new version live (default 15)")
     parser.add_argument("--after", type=float, help="s of steady state at the end (default 20)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=30.0, help="per request, s")
-    parser.add_argument(
-        "--db",
-        default="sqlite",
-        help="sqlite (a fresh file) or a PostgreSQL URL that may create databases, e.g. "
-        "postgresql://postgres@127.0.0.1:5432/test (a fresh database is made and dropped)",
-    )
     parser.add_argument("--workers", type=int, default=2, help="server processes")
     parser.add_argument(
         "--project", type=Path, help="the project to serve (default: the demo; --quick: small)"
