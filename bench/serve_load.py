@@ -216,15 +216,27 @@ def threads_of(pid: int) -> int:
 
 @contextlib.contextmanager
 def server(
-    project: Path, url: str, log_path: Path, workers: int
+    project: Path,
+    url: str,
+    log_path: Path,
+    workers: int,
+    options: tuple[str, ...] = (),
+    ready: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`kefu serve` on a free port until the block ends: SIGINT, then SIGKILL if it lingers."""
+    """`kefu serve` on a free port, in its own process group, until the block ends; then the
+    whole group is stopped (SIGINT, then SIGKILL for anything left).
+
+    Args:
+        options: more `kefu serve` options (bench/swap.py: --new-key).
+        ready: whether the server at a base URL is ready; default: /readyz answers 200.
+    """
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [*KEFU, "serve", str(project), "--port", str(port), "--db", url,
-             "--workers", str(workers)],
+             "--workers", str(workers), *options],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "COLUMNS": "200"},
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -236,23 +248,44 @@ def server(
                 raise SystemExit(
                     f"kefu serve not ready in {READY_TIMEOUT_S:.0f} s:\n{tail(log_path)}"
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
+            if (ready or answers_readyz)(base):
+                break
             time.sleep(0.2)
         print(
-            f"kefu serve ready at {base} in {time.monotonic() - started:.1f} s (pid {process.pid})"
+            f"kefu serve ready at {base} in {time.monotonic() - started:.1f} s "
+            f"(pid {process.pid}, {workers} server process(es))",
+            flush=True,
         )
         yield process, base
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                print(f"kefu serve still running {STOP_TIMEOUT_S:.0f} s after SIGINT: killed")
-                process.kill()
-                process.wait()
+        stop_group(process)
+
+
+def answers_readyz(base: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    return False
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGINT to the server's process group (uvicorn's supervisor and its workers), SIGKILL to
+    whatever is left of it after STOP_TIMEOUT_S."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"kefu serve still running {STOP_TIMEOUT_S:.0f} s after SIGINT: killed")
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:  # the workers may outlive the supervisor for a moment
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -80,12 +80,10 @@ from serve_load import (
     Result,
     create_key,
     database,
-    free_port,
     log_problems,
     percentiles,
     read_messages,
     report,
-    tail,
     verify,
     warm_up,
 )
@@ -93,8 +91,6 @@ from serve_load import (
 SMALL_DEMO = REPO / "bench" / "out" / "swap-demo"
 KIND = "generator"
 AFTER_ROLLBACK_S = 2.0  # the during window ends this long after `rollback` returns
-READY_TIMEOUT_S = 300.0  # two processes loading the models on a busy 2-core machine
-STOP_TIMEOUT_S = 15.0
 CLI_TIMEOUT_S = 300.0
 
 
@@ -154,78 +150,46 @@ def registry_folder(project: Path, folder: Path) -> Path:
 # the server
 
 
+class EveryProcessServing:
+    """A readiness check for serve_load.server: ready once every server process has said which
+    revision it serves (and it is one revision). It reads the admin key `--new-key` printed
+    from the server's log, to ask /admin/models."""
+
+    def __init__(self, log_path: Path, workers: int) -> None:
+        self.log_path, self.workers = log_path, workers
+        self.admin_key: str | None = None
+
+    def __call__(self, base: str) -> bool:
+        if self.admin_key is None:
+            found = re.search(
+                r"API key \(chat, admin; shown once\): (\S+)", self.log_path.read_text()
+            )
+            self.admin_key = found and found.group(1)
+        if not self.admin_key:
+            return False
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            response = httpx.get(
+                f"{base}/admin/models",
+                headers={"Authorization": f"Bearer {self.admin_key}"},
+                timeout=5,
+            )
+            seen = response.json()["workers"]
+            return len(seen) >= self.workers and len({w["revision"] for w in seen}) == 1
+        return False
+
+
 @contextlib.contextmanager
 def server(
     project: Path, url: str, log_path: Path, workers: int
 ) -> Iterator[tuple[subprocess.Popen, str, str]]:
-    """`kefu serve --new-key` in its own process group until the block ends, then the whole
-    group is stopped: SIGINT, then SIGKILL for anything left. Yields the process, the base URL
-    and the admin key, once every server process has said which revision it serves."""
-    port = free_port()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [*KEFU, "serve", str(project), "--port", str(port), "--db", url,
-             "--workers", str(workers), "--new-key"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "COLUMNS": "200"},
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        started = time.monotonic()
-        admin_key, seen = None, []
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"kefu serve exited with {process.returncode}:\n{tail(log_path)}")
-            if time.monotonic() - started > READY_TIMEOUT_S:
-                raise SystemExit(
-                    f"kefu serve not ready in {READY_TIMEOUT_S:.0f} s ({len(seen)} of {workers} "
-                    f"processes serving):\n{tail(log_path)}"
-                )
-            if admin_key is None:
-                found = re.search(
-                    r"API key \(chat, admin; shown once\): (\S+)", log_path.read_text()
-                )
-                admin_key = found and found.group(1)
-            if admin_key:
-                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                    response = httpx.get(
-                        f"{base}/admin/models",
-                        headers={"Authorization": f"Bearer {admin_key}"},
-                        timeout=5,
-                    )
-                    seen = response.json()["workers"]
-                    if len(seen) >= workers and len({w["revision"] for w in seen}) == 1:
-                        break
-            time.sleep(0.3)
-        print(
-            f"kefu serve ready at {base} in {time.monotonic() - started:.1f} s "
-            f"(pid {process.pid}, {len(seen)} server processes)",
-            flush=True,
-        )
-        yield process, base, admin_key
-    finally:
-        stop_group(process)
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGINT to the server's process group (uvicorn's supervisor and its workers), SIGKILL to
-    whatever is left of it after STOP_TIMEOUT_S."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        print(f"kefu serve still running {STOP_TIMEOUT_S:.0f} s after SIGINT: killed")
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline:  # the workers may outlive the supervisor for a moment
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    """`kefu serve --new-key` until the block ends (serve_load.server); yields the process, the
+    base URL and the admin key, once every server process serves."""
+    ready = EveryProcessServing(log_path, workers)
+    with serve_load.server(project, url, log_path, workers, ("--new-key",), ready) as (
+        process,
+        base,
+    ):
+        yield process, base, ready.admin_key
 
 
 # ---------------------------------------------------------------------------------------------
