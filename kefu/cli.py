@@ -1203,6 +1203,7 @@ GROUPS = {
     "train": "Train language models and intent classifiers.",
     "export": "Export trained models to other formats.",
     "eval": "Evaluate trained models on held-out data.",
+    "compress": "Make trained models smaller and faster: int8 quantization, pruning.",
     "kb": "Build and search knowledge bases (FAQ, documents, record databases).",
     "keys": "API keys of the server (stored hashed).",
     "models": "The model registry: push, canary, promote (evaluation-gated), roll back.",
