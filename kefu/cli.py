@@ -289,6 +289,17 @@ InitOption = Annotated[
 StepsOption = Annotated[
     int | None, typer.Option(help="Optimizer steps (overrides train.max_steps).")
 ]
+BaseOption = Annotated[
+    str | None,
+    typer.Option(help="Fine-tune this Hugging Face model (folder or hub id) instead of --arch."),
+]
+LoraOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Train only LoRA adapters on --base: rank,alpha[,targets...], e.g. "
+        "8,16,q_proj,v_proj (default targets: peft's for the model type)."
+    ),
+]
 MinutesOption = Annotated[float | None, typer.Option(help="Stop and save after this many minutes.")]
 
 
@@ -303,7 +314,10 @@ def _train(
     init: Path | None,
     max_steps: int | None,
     minutes: float | None,
+    base: str | None = None,
+    lora: str | None = None,
 ) -> None:
+    from kefu.models.hf import LoRASettings
     from kefu.train.recipe import TrainRecipe
     from kefu.train.run import run_training
 
@@ -318,11 +332,14 @@ def _train(
         fields,
         {
             "arch": arch,
+            "base": base,
             "data": data and str(data),
             "tokenizer": tokenizer and str(tokenizer),
             "train": {"max_steps": max_steps, "time_limit_minutes": minutes},
         },
     )
+    if lora:
+        fields["lora"] = LoRASettings.parse(lora).model_dump()
     summary = run_training(
         validate(TrainRecipe, fields, "the training options", "train recipe"), out, resume, init
     )
@@ -352,8 +369,12 @@ def _train_command(task: str, summary: str) -> Callable[..., None]:
         init: InitOption = None,
         max_steps: StepsOption = None,
         minutes: MinutesOption = None,
+        base: BaseOption = None,
+        lora: LoraOption = None,
     ) -> None:
-        _train(task, recipe, data, out, arch, tokenizer, resume, init, max_steps, minutes)
+        _train(
+            task, recipe, data, out, arch, tokenizer, resume, init, max_steps, minutes, base, lora
+        )
 
     command.__doc__ = summary
     return command
@@ -367,6 +388,16 @@ train_chat = _train_command(
 )
 
 
+def models_merge(
+    run: Annotated[Path, typer.Argument(help="A LoRA run from `kefu train chat --lora`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New run folder for the full model.")],
+) -> None:
+    """Fold a LoRA run's adapter into its base model: a full-model run that loads on its own."""
+    from kefu.models.hf import merge_run
+
+    stdout.print(f"wrote {merge_run(run, out)}")
+
+
 def export_hf_command(
     run: Annotated[Path, typer.Argument(help="A GPT run folder.")],
     out: Annotated[
@@ -377,6 +408,106 @@ def export_hf_command(
     from kefu.models.hf_export import export_hf
 
     stdout.print(f"wrote {export_hf(run, out)}")
+
+
+def compress_quantize(
+    run: Annotated[Path, typer.Argument(help="A GPT or LSTM run folder.")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="int8-dynamic: int8 arithmetic, faster on CPU from d_model ~512 up; "
+            "int8-weight: int8 on disk only, float speed, least error."
+        ),
+    ] = "int8-dynamic",
+    out: Annotated[Path, typer.Option(help="Folder for the quantized run.")] = ...,
+) -> None:
+    """Quantize a trained model to int8 as a new run folder that evaluates, chats and serves like any run."""
+    from kefu.compress.quantize import quantize_run
+
+    made = quantize_run(run, method, out)
+    before, after = made.bytes_before / 1e6, made.bytes_after / 1e6
+    stdout.print(
+        f"{method}: weights {before:.2f} MB → {after:.2f} MB ({before / after:.1f}x smaller); wrote {made.path}"
+    )
+
+
+def compress_prune(
+    run: Annotated[Path, typer.Argument(help="A run folder from `kefu train lm|chat`.")],
+    sparsity: Annotated[
+        float,
+        typer.Option(
+            help="Share to remove, strictly between 0 and 1: of each pruned matrix's weights "
+            "(magnitude), or of each layer's attention heads and MLP channels (structured)."
+        ),
+    ] = ...,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="magnitude: zero the smallest weights (same size and speed); structured (GPT): "
+            "remove whole heads and channels (smaller and faster)."
+        ),
+    ] = ...,
+    out: Annotated[Path, typer.Option(help="New run folder for the pruned model.")] = ...,
+    recover_steps: Annotated[
+        int, typer.Option(help="Fine-tune this many steps after pruning to recover (0: none).")
+    ] = 0,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data folder for recovery (default: the source recipe's)."),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate for recovery (default: a tenth of the source's)."),
+    ] = None,
+) -> None:
+    """Prune a trained model into a new run folder; optionally fine-tune it to recover."""
+    from kefu.compress.prune import prune_run
+
+    summary = prune_run(run, out, method, sparsity, recover_steps, data, lr)
+    before, after = summary.before, summary.after
+    table = Table(title=f"{run} → {out} ({method}, sparsity {sparsity:g})")
+    table.add_column("")
+    for column in ("before", "after", "change"):
+        table.add_column(column, justify="right")
+
+    def change(old: float, new: float) -> str:
+        return f"{100 * (new - old) / old:+.1f}%" if old else "-"
+
+    table.add_row(
+        "parameters",
+        f"{before.parameters:,}",
+        f"{after.parameters:,}",
+        change(before.parameters, after.parameters),
+    )
+    table.add_row(
+        "size on disk",
+        f"{before.size_bytes / 1e6:.2f} MB",
+        f"{after.size_bytes / 1e6:.2f} MB",
+        change(before.size_bytes, after.size_bytes),
+    )
+    table.add_row(
+        "zeros in pruned matrices",
+        f"{100 * before.zero_share:.2f}%",
+        f"{100 * after.zero_share:.2f}%",
+        "",
+    )
+    record = summary.record
+    for name in ("n_head", "n_kv_head", "d_hidden"):
+        if name in record:
+            old, new = record[name]
+            table.add_row(f"{name} per layer", str(old), str(new), change(old, new))
+    stdout.print(table)
+    if "recovery" in record:
+        r = record["recovery"]
+        stdout.print(
+            f"recovery: {r['steps']} steps at lr {r['lr']:g}, valid loss {r['valid_loss_before']} → "
+            f"{r['valid_loss_after']}; kept the {r['kept']} weights"
+        )
+    if method == "magnitude":
+        stdout.print(
+            "the zeros are stored and multiplied like any weight: same size on disk, same speed"
+        )
+    stdout.print(f"run folder: {out}")
 
 
 def eval_lm(
@@ -450,7 +581,7 @@ def chat_command(
         "the chat options",
         "sampling config",
     )
-    context = loaded.model.config.context_length if loaded.arch == "gpt" else None
+    context = None if loaded.arch == "lstm" else loaded.model.config.context_length
     if sys.stdin.isatty():
         note("type a message and press Enter; /reset starts over, /exit ends")
 
@@ -537,6 +668,136 @@ def eval_intent(
         f"{run} on {split}: accuracy {100 * results['accuracy']:.2f}, macro-F1 {100 * results['macro_f1']:.2f}{extra}; latency p50 {results['latency_ms']['p50']:.1f} ms"
     )
     stdout.print(f"report: {(out or run) / 'report.md'}")
+
+
+def eval_compare(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(help="Run folders of one task (language models or intent models)."),
+    ],
+    data: Annotated[Path, typer.Option(help="Data folder to score quality on.")] = ...,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    out: Annotated[
+        Path, typer.Option(help="Folder for compare.md, compare.json, compare.png.")
+    ] = Path("compare"),
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads while measuring, the same for every run.")
+    ] = 1,
+    prompt_tokens: Annotated[
+        int, typer.Option(help="Language models: tokens of each timed prompt.")
+    ] = 32,
+    new_tokens: Annotated[
+        int, typer.Option(help="Language models: tokens decoded per timed sequence.")
+    ] = 32,
+    repeats: Annotated[
+        int, typer.Option(help="Timed rounds, each timing every run in turn (medians).")
+    ] = 3,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Score at most this many windows/conversations for perplexity."),
+    ] = None,
+) -> None:
+    """Parameters, size on disk, CPU latency (batch 1), throughput (batch 16) and quality of runs."""
+    from kefu.eval.compare import CompareSettings, compare_runs, setting_line, table
+
+    settings = CompareSettings(threads, prompt_tokens, new_tokens, repeats, limit=limit)
+    results = compare_runs(runs, data, split, out, settings)
+    columns, cells = table(results)
+    shown = Table(title=f"{len(cells)} {results['task']}s")
+    for column in columns:
+        shown.add_column(column, justify="left" if column in ("run", "relies on") else "right")
+    for row in cells:
+        shown.add_row(*row)
+    stdout.print(setting_line(results))
+    stdout.print(shown)
+    stdout.print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+
+
+def train_distill(
+    teacher: Annotated[
+        Path,
+        typer.Option(
+            help="The teacher's run folder: a generator (`kefu train lm|chat`) or an intent model."
+        ),
+    ] = ...,
+    student: Annotated[
+        Path,
+        typer.Option(
+            help="The student's recipe: kind train for a generator teacher, kind intent for an intent one."
+        ),
+    ] = ...,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = ...,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data folder (default: the recipe's; for generators, else the teacher's)."
+        ),
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option(help="Softens both models' outputs (T); > 1 shows more of the ranking.")
+    ] = 2.0,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            help="Weight of the teacher's soft labels; 1 - alpha goes to the gold labels."
+        ),
+    ] = 0.5,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="Generators: the student's tokenizer.json; it must be the teacher's."),
+    ] = None,
+    max_steps: StepsOption = None,
+) -> None:
+    """Distil a teacher into a smaller, faster student; report the student against the teacher."""
+    from kefu.train.distill import (
+        distill_generator,
+        distill_intent,
+        distilled_quality,
+        teacher_kind,
+    )
+
+    kind = teacher_kind(teacher)
+    needed = "intent" if kind == "intent" else "train"
+    found = load_config(student).kind
+    if found != needed:
+        raise KefuError(
+            f"{teacher} is {'an intent' if kind == 'intent' else 'a generator'} teacher, so the "
+            f"student recipe needs `kind: {needed}`; {student} has `kind: {found}`"
+        )
+    options = {"data": data and str(data), "train": {"max_steps": max_steps}}
+    if kind == "intent":
+        from kefu.nlu.intent import IntentRecipe
+
+        if tokenizer is not None:
+            raise KefuError(
+                "--tokenizer is for generator students; an intent student makes its own"
+            )
+        settings = _recipe(IntentRecipe, "intent", student, options)
+        summary = distill_intent(teacher, settings, settings.data, out, temperature, alpha)
+    else:
+        from kefu.train.recipe import TrainRecipe
+
+        fields = load_config(student, kind="train").model_dump()
+        _merge(fields, {**options, "tokenizer": tokenizer and str(tokenizer)})
+        settings = validate(TrainRecipe, fields, "the training options", "train recipe")
+        summary = distill_generator(teacher, settings, out, temperature, alpha)
+        if not summary:  # a process of a torchrun group other than the first
+            return
+    table = Table(title=f"student against teacher ({summary['split']} split, CPU, batch 1)")
+    for column in ("model", "parameters", summary["quality"], summary["speed"]):
+        table.add_column(column)
+    for name in ("teacher", "student"):
+        row = summary[name]
+        quality = row["quality"]
+        table.add_row(
+            f"{name}: {row['model']}",
+            f"{row['parameters']:,}",
+            f"{100 * quality:.2f}%" if summary["quality"] == "accuracy" else f"{quality:.2f}",
+            f"{row['latency_ms']:.2f}",
+        )
+    stdout.print(table)
+    stdout.print(distilled_quality(summary))
+    stdout.print(f"run folder: {out}; comparison: {out / 'distill.md'}")
 
 
 def train_entities(
@@ -1174,10 +1435,14 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "train lm": train_lm,
     "train chat": train_chat,
     "export hf": export_hf_command,
+    "compress quantize": compress_quantize,
+    "compress prune": compress_prune,
     "eval lm": eval_lm,
     "chat": chat_command,
     "train intent": train_intent,
     "eval intent": eval_intent,
+    "train distill": train_distill,
+    "eval compare": eval_compare,
     "train entities": train_entities,
     "eval entities": eval_entities,
     "nlu": nlu_command,
@@ -1195,6 +1460,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "models rollback": models_rollback,
     "models canary": models_canary,
     "models status": models_status,
+    "models merge": models_merge,
 }
 GROUPS = {
     "config": "Validate project files and recipes.",

@@ -224,11 +224,27 @@ class GeneratorConfig(StrictModel):
 
     data: str = Field(description="The conversation data set (format with messages) to train on.")
     recipe: str = Field(description="A training recipe (`kind: train`, task chat).")
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapter runs (`kefu train chat --base … --lora …`) on the generator's "
+        "Hugging Face base, by name: a request for model `<project>:<name>` is answered with "
+        "that adapter, all on one loaded base.",
+    )
 
     @field_validator("recipe")
     @classmethod
     def _resolve_recipe(cls, value: str, info: ValidationInfo) -> str:
         return resolve_path(value, info)
+
+    @field_validator("adapters")
+    @classmethod
+    def _resolve_adapters(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(
+                    f"adapter name {name!r} may hold only letters, digits, '_', '.' and '-'"
+                )
+        return {name: resolve_path(path, info) for name, path in value.items()}
 
 
 DEFAULT_HANDOFF_PHRASES: dict[str, list[str]] = {

@@ -166,7 +166,7 @@ def build(project: str | Path, force: bool = False) -> BuildResult:
             Path(config.generator.recipe),
             folder,
         )
-        step("generator", fingerprint, folder / "model.safetensors", make)
+        step("generator", fingerprint, folder / "config.yaml", make)
         result.generator = folder
     return result
 

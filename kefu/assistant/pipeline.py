@@ -101,6 +101,7 @@ class Turn:
     reply: str | None  # None: the generator answers (Assistant.generate)
     prompt: list[int] | None = None
     generating: Any = None  # the engine's ReplyStream while the generator answers
+    adapter: str | None = None  # the generator's LoRA adapter for this reply (by model name)
 
     def cancel(self) -> None:
         """Stop generating (the customer has gone); safe from any thread."""
@@ -151,7 +152,7 @@ def _loader(kind: str) -> Callable[[Path], Any]:
     return loaders[family]
 
 
-BUILT_MARKER = {"intent": "config.json", "kb": "manifest.json", "generator": "model.safetensors"}
+BUILT_MARKER = {"intent": "config.json", "kb": "manifest.json", "generator": "config.yaml"}
 
 
 def load_model(kind: str, folder: Path) -> Any:
@@ -202,11 +203,15 @@ def file_version(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-VERSIONED_FILE = {
-    "intent": "model.safetensors",
-    "kb": "manifest.json",
-    "generator": "model.safetensors",
-}
+def versioned_file(kind: str, folder: Path) -> Path:
+    """The file whose fingerprint names a model's version: its weights (for a generator, where
+    its kind of run keeps them), or a knowledge base's manifest."""
+    from kefu.models.checkpoint import weights_file
+
+    family = kind.split("/")[0]
+    if family == "generator":
+        return weights_file(folder)
+    return folder / ("manifest.json" if family == "kb" else "model.safetensors")
 
 
 @dataclass
@@ -238,7 +243,7 @@ class Assistant:
         models, versions = {}, {}
         for kind, folder in model_kinds(config).items():
             models[kind] = load_model(kind, folder)
-            versions[kind] = file_version(folder / VERSIONED_FILE[kind.split("/")[0]])
+            versions[kind] = file_version(versioned_file(kind, folder))
         return cls.assemble(config, models, versions)
 
     @classmethod
@@ -264,6 +269,7 @@ class Assistant:
             else:
                 assistant.generator = model
         if assistant.generator is not None:
+            assistant.load_adapters()
             assistant.check_prompt_room()
             if assistant.engine is None and assistant.generator.arch == "gpt":
                 run = assistant.generator
@@ -290,6 +296,33 @@ class Assistant:
     def name(self) -> str:
         """The model name clients ask for (`model` in the OpenAI API)."""
         return self.config.name
+
+    def model_names(self) -> dict[str, str | None]:
+        """Every name a client may put in `model`, with the generator adapter it selects: the
+        project's name answers with the generator as built, `<name>:<adapter>` with an adapter
+        of `generator.adapters`."""
+        adapters = self.config.generator.adapters if self.config.generator else {}
+        return {self.name: None} | {f"{self.name}:{adapter}": adapter for adapter in adapters}
+
+    def load_adapters(self) -> None:
+        """Put the project's LoRA adapters on the generator's base, once per loaded base (an
+        assistant assembled again around the same generator finds them there)."""
+        adapters = self.config.generator.adapters if self.config.generator else {}
+        if not adapters:
+            return
+        run = self.generator
+        if run.arch != "hf":
+            raise KefuError(
+                f"generator.adapters needs a Hugging Face generator to put LoRA adapters on; "
+                f"this generator is a {run.arch} (train one with `kefu train chat --base …`)"
+            )
+        from kefu.models.hf import adapter_weights
+
+        for name, folder in adapters.items():
+            with UNBATCHED_GENERATION:  # the base may be answering someone meanwhile
+                if name not in run.model.adapters:
+                    run.model.load_adapter(folder, name)
+            self.versions[f"adapter/{name}"] = file_version(adapter_weights(Path(folder)))
 
     def greeting(self, language: str | None = None) -> str:
         greetings = self.config.assistant.greeting
@@ -420,8 +453,9 @@ class Assistant:
         )
 
     def context_length(self) -> int | None:
+        # An LSTM reads any length; a Transformer only as far as its positions go.
         model = self.generator.model
-        return model.config.context_length if self.generator.arch == "gpt" else None
+        return None if self.generator.arch == "lstm" else model.config.context_length
 
     def prompt(self, history: list[dict[str, str]], text: str, hits: list[Hit]) -> list[int]:
         """The generator's prompt: system message and passages, the history, the message.
@@ -497,9 +531,15 @@ class Assistant:
             finally:
                 turn.generating.close()
             return
-        pieces = stream(self.generator.model, self.generator.tokenizer, turn.prompt, sampling)
+        model = self.generator.model
+        pieces = stream(model, self.generator.tokenizer, turn.prompt, sampling)
+        switching = bool(self.config.generator and self.config.generator.adapters)
         while True:
             with UNBATCHED_GENERATION:
+                # Replies of several adapters take turns on one base: each step sets its own.
+                wanted = turn.adapter or model.default_adapter
+                if switching and model.active_adapter != wanted:
+                    model.use_adapter(wanted)
                 piece = next(pieces, None)
             if piece is None:
                 return

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from kefu.data.folder import read_split
+from kefu.compress.quantize import parameter_count
+from kefu.data.folder import load_stats, read_split
 from kefu.eval.text_metrics import reply_metrics, words
 from kefu.files import write_text_atomically
 from kefu.infer.generate import SamplingConfig, generate
@@ -112,8 +113,8 @@ def fit_prompt(tokenizer: ChatTokenizer, history: list[dict[str, str]], budget: 
 
 
 def model_replies(run: LoadedRun, cases: list[ReplyCase], max_new_tokens: int) -> list[str]:
-    # The GPT's context holds prompt and reply; the LSTM keeps the history it was trained on.
-    budget = run.model.config.context_length - (max_new_tokens if run.arch == "gpt" else 0)
+    # A Transformer's context holds prompt and reply; the LSTM keeps the history it was trained on.
+    budget = run.model.config.context_length - (max_new_tokens if run.arch != "lstm" else 0)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens)
     replies = []
     for start in range(0, len(cases), 16):
@@ -209,12 +210,16 @@ def evaluate_lm(
         limit: score at most this many windows or conversations for perplexity.
     """
     data_dir = Path(data_dir)
-    task = run.config["recipe"]["task"]
-    stats = check_data(data_dir, task)
+    if "recipe" in run.config:
+        task = run.config["recipe"]["task"]
+        stats = check_data(data_dir, task)
+    else:  # a pretrained model as published: scored on replies in conversations, else all text
+        stats = load_stats(data_dir)
+        task = "chat" if stats["kind"] == "conversations" else "lm"
     results: dict[str, Any] = {
         "run": str(run.path),
         "arch": run.arch,
-        "parameters": run.model.num_parameters(),
+        "parameters": parameter_count(run.model),
         "data": str(data_dir),
         "split": split,
         "task": task,

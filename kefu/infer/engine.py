@@ -27,7 +27,10 @@ The replies are those of `kefu.infer.generate.stream`, piece for piece: the same
 row's keys, values and logits as its prompt alone gives them, padding or not), the same
 `next_token` on the same logits (up to float rounding of a batched matrix product, ~1e-6) and
 the same `_Reply` bookkeeping. A seeded request samples with its own torch.Generator, so it
-draws exactly the random numbers it would draw alone.
+draws exactly the random numbers it would draw alone. One exception: an int8-dynamic model
+(kefu.compress.quantize) rounds each layer's input with one scale for the whole batch, so a
+row's logits move slightly with its neighbours', and a reply can differ from its solo one where
+the model is nearly torn between two tokens.
 """
 
 from __future__ import annotations

@@ -111,9 +111,9 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
             f"{run_dir} is not a kefu run folder (no {CONFIG}); train one with `kefu train lm` or `kefu train chat`"
         )
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(config, dict) or config.get("arch") not in MODELS:
+    if not isinstance(config, dict) or config.get("arch") not in (*MODELS, "hf"):
         raise KefuError(
-            f"{path}: no known `arch` (one of {', '.join(MODELS)}); the run folder is damaged"
+            f"{path}: no known `arch` (one of {', '.join(MODELS)}, hf); the run folder is damaged"
         )
     return config
 
@@ -127,12 +127,23 @@ def load_run(
         arch: the architecture the caller expects; a run of another one is a clear error.
     """
     run_dir = Path(run_dir)
+    if arch in (None, "hf"):  # Hugging Face: an hf run (kefu.models.hf) or a plain model folder
+        from kefu.models.hf import is_hf_folder, load_hf_run
+
+        if is_hf_folder(run_dir) or read_run_config(run_dir)["arch"] == "hf":
+            return load_hf_run(run_dir, device)
     config = read_run_config(run_dir)
     if arch is not None and config["arch"] != arch:
         raise KefuError(
             f"{run_dir} holds a {config['arch']!r} model, not {arch!r}; pick a run of the right architecture"
         )
     model = build_model(config["arch"], model_config(config["arch"], config["model"]))
+    if "quantized" in config:  # from `kefu compress quantize`: int8 tensors, its own layout
+        from kefu.compress.quantize import load_quantized
+
+        model = load_quantized(model, config["quantized"]["method"], run_dir / WEIGHTS, device)
+        tokenizer = ChatTokenizer.load(run_dir / TOKENIZER)
+        return LoadedRun(run_dir, config["arch"], model.eval(), tokenizer, config)
     try:
         missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
     except FileNotFoundError:
@@ -145,3 +156,12 @@ def load_run(
         )
     tokenizer = ChatTokenizer.load(run_dir / TOKENIZER)
     return LoadedRun(run_dir, config["arch"], model.to(device).eval(), tokenizer, config)
+
+
+def weights_file(run_dir: str | Path) -> Path:
+    """The file holding a run's weights: model.safetensors, or an hf run's adapter or model."""
+    run_dir = Path(run_dir)
+    for name in (WEIGHTS, "adapter/adapter_model.safetensors", "model/model.safetensors"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise KefuError(f"{run_dir}: no {WEIGHTS} here; the run did not finish saving")

@@ -48,6 +48,12 @@ class GPTConfig(StrictModel):
         description="Key/value heads; fewer than n_head is grouped-query attention. Default: n_head.",
     )
     d_model: int = Field(256, ge=8, description="Width of the residual stream.")
+    d_head: int | None = Field(
+        None,
+        ge=2,
+        description="Width of one attention head; default d_model / n_head. Structured pruning "
+        "keeps the head width while removing heads, so n_head · d_head may differ from d_model.",
+    )
     d_hidden: int | None = Field(
         None, ge=1, description="SwiGLU hidden width; default 8/3·d_model rounded up to 64."
     )
@@ -60,10 +66,15 @@ class GPTConfig(StrictModel):
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> GPTConfig:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} must be a multiple of n_head {self.n_head}")
-        if (self.d_model // self.n_head) % 2:
-            raise ValueError("d_model / n_head must be even for rotary embeddings")
+        if self.d_head is None and self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model {self.d_model} must be a multiple of n_head {self.n_head} "
+                "(or give the head width as d_head)"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                "the head width (d_head, or d_model / n_head) must be even for rotary embeddings"
+            )
         if self.n_head % self.kv_heads:
             raise ValueError(
                 f"n_head {self.n_head} must be a multiple of n_kv_head {self.kv_heads}"
@@ -76,7 +87,7 @@ class GPTConfig(StrictModel):
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.d_head or self.d_model // self.n_head
 
     @property
     def hidden(self) -> int:

@@ -150,6 +150,11 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_replaceable(out_dir)
     run = load_run(run_dir, arch="gpt")
+    if "quantized" in run.config and run.config["quantized"]["method"] == "int8-dynamic":
+        raise KefuError(
+            f"{run_dir} computes in int8 (fbgemm), which Llama engines cannot load; export its "
+            f"source run, {run.config['quantized']['source']}, and quantize in the engine"
+        )
     model, tokenizer = run.model, run.tokenizer
     config: GPTConfig = model.config
     if tokenizer.vocab_size > config.vocab_size:

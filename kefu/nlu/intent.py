@@ -688,7 +688,7 @@ def _confusion_png(gold: list[str], predicted: list[str], path: Path) -> None:
         matrix[index[g], index[p]] += 1
     size = max(4, len(labels) / 5)
     figure, axes = plt.subplots(figsize=(size, size))
-    axes.imshow(matrix / matrix.sum(1, keepdim=True).clamp(min=1), cmap="Blues")
+    axes.imshow((matrix / matrix.sum(1, keepdim=True).clamp(min=1)).numpy(), cmap="Blues")
     axes.set(xlabel="predicted", ylabel="gold", title="confusion (row-normalised)")
     if len(labels) <= 40:
         axes.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)

@@ -117,10 +117,12 @@ class ChatService:
             channel: the channel, when not the request's (`kefu.channel`).
             conversation: the request's conversation, when the caller has just read it.
         """
-        if request.model != self.assistant.name:
+        names = self.assistant.model_names()
+        if request.model not in names:
             raise APIError(
                 404,
-                f"model {request.model!r} does not exist; this server has {self.assistant.name!r} (GET /v1/models)",
+                f"model {request.model!r} does not exist; this server has "
+                f"{', '.join(map(repr, names))} (GET /v1/models)",
                 param="model",
                 code="model_not_found",
             )
@@ -185,6 +187,7 @@ class ChatService:
         )
         assistant = self.deployments.serving.pick(conversation_id)
         turn = assistant.turn(text, history, state)
+        turn.adapter = names[request.model]
         prompt_tokens = len(turn.prompt) if turn.prompt else assistant.count_tokens(text)
         return Started(
             conversation_id, user_message_id, turn, started, request_id, prompt_tokens, assistant

@@ -9,6 +9,10 @@ Exact resume rests on one rule: the batch of step s is a pure function of (seed,
 with the saved model, optimizer, schedule and RNG state, a run stopped at step N and resumed
 computes the same losses as a run that never stopped.
 
+The training loss is cross-entropy on the targets unless the trainer passes an `objective`
+(distillation passes one that also matches a teacher's logits); validation is always
+cross-entropy, so valid_loss and valid_ppl mean the same for every run.
+
 More than one process (torchrun): every process draws the same global batch and takes its own
 rows; the loss is normalised by the global count of target tokens, so the gradient is the one a
 single process would compute. Only rank 0 writes.
@@ -40,6 +44,10 @@ from kefu.files import replaced_folder
 from kefu.models.checkpoint import METRICS, save_weights
 
 IGNORE = -100  # target id that carries no loss (padding, customer turns)
+
+# (logits, inputs, targets) → the summed loss of one micro-batch, over the targets that are not
+# IGNORE (their count normalises it); the loop's default is plain cross-entropy.
+Objective = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 class TrainConfig(StrictModel):
@@ -159,11 +167,18 @@ class Distributed:
 
 
 def _token_losses(
-    model: nn.Module, inputs: Tensor, targets: Tensor, smoothing: float, autocast: bool
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    smoothing: float,
+    autocast: bool,
+    objective: Objective | None = None,
 ) -> Tensor:
-    """Summed cross-entropy over the target tokens of one micro-batch."""
+    """Summed cross-entropy (or `objective`) over the target tokens of one micro-batch."""
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(inputs)
+    if objective is not None:
+        return objective(logits.float(), inputs, targets)
     return F.cross_entropy(
         logits.float().flatten(0, -2),  # (B, T, V) for language models, (B, C) for classifiers
         targets.flatten(),
@@ -248,6 +263,7 @@ def train(
     save_model: Callable[[nn.Module], None],
     resume: bool = False,
     stop_at_step: int | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train `model` in place; write metrics, checkpoints and (via `save_model`) the best model.
 
@@ -256,8 +272,9 @@ def train(
             whenever validation improves (or at the end when there is no validation data).
         resume: continue from run_dir/checkpoint.
         stop_at_step: stop after this step as if interrupted (the schedule still spans max_steps).
+        objective: the training loss instead of cross-entropy (label_smoothing then unused).
     """
-    session = _Session(model, config, Path(run_dir), save_model, resume)
+    session = _Session(model, config, Path(run_dir), save_model, resume, objective)
     last = min(config.max_steps, stop_at_step or config.max_steps)
     stopped_early = False
     with _progress(last - session.state["step"]) as bar:
@@ -310,8 +327,10 @@ class _Session:
         run_dir: Path,
         save_model: Callable[[nn.Module], None],
         resume: bool,
+        objective: Objective | None = None,
     ) -> None:
         self.config = config
+        self.objective = objective
         self.device = resolve_device(config.device)
         self.group = Distributed(self.device)
         torch.manual_seed(config.seed)
@@ -364,7 +383,12 @@ class _Session:
         for part in range(config.grad_accum):
             chunk = slice(part * self.micro, (part + 1) * self.micro)
             loss = _token_losses(
-                self.wrapped, inputs[chunk], targets[chunk], config.label_smoothing, self.autocast
+                self.wrapped,
+                inputs[chunk],
+                targets[chunk],
+                config.label_smoothing,
+                self.autocast,
+                self.objective,
             )
             # DDP averages gradients over processes; scaling by world makes that a global mean.
             (loss * group.world / max(tokens, 1)).backward()

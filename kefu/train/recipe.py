@@ -6,12 +6,14 @@ same size; `arch:` (or `--arch`) picks which.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kefu.config import StrictModel, resolve_path
 from kefu.models.gpt import GPTConfig
+from kefu.models.hf import LoRASettings
 from kefu.models.lstm import LSTMConfig
 from kefu.train.loop import TrainConfig
 
@@ -32,6 +34,14 @@ class TrainRecipe(StrictModel):
         default_factory=LSTMConfig,
         description="The LSTM's shape (vocab_size comes from the tokenizer).",
     )
+    base: str | None = Field(
+        None,
+        description="A Hugging Face causal LM (model folder, full hf run or hub id) to fine-tune "
+        "instead of training `arch` from scratch (or --base).",
+    )
+    lora: LoRASettings | None = Field(
+        None, description="With base: train only LoRA adapters of these settings (or --lora)."
+    )
     data: str | None = Field(None, description="Data folder from `kefu data ingest` (or --data).")
     tokenizer: str | None = Field(
         None, description="tokenizer.json to use; none: train one on the data."
@@ -47,3 +57,18 @@ class TrainRecipe(StrictModel):
     @classmethod
     def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else resolve_path(value, info)
+
+    @field_validator("base")
+    @classmethod
+    def _resolve_base(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A folder beside the recipe is anchored there; anything else may be a hub id."""
+        if value is None:
+            return None
+        anchored = resolve_path(value, info)
+        return anchored if Path(anchored).exists() else value
+
+    @model_validator(mode="after")
+    def _lora_needs_base(self) -> TrainRecipe:
+        if self.lora is not None and self.base is None:
+            raise ValueError("lora: LoRA adapters need a Hugging Face model to adapt; set base")
+        return self

@@ -60,17 +60,21 @@ def _free_port() -> int:
 
 @pytest.fixture
 def start_server(demo_project: Path, assistant: Assistant) -> Iterator[Callable[..., LiveServer]]:
-    """Start a live server of the small demo on a database URL (default: SQLite in tmp)."""
+    """Start a live server of the small demo (or of `project` with its assistant `serving`) on a
+    database URL."""
     started: list[LiveServer] = []
 
     def start(
-        database: str, wechat: WeChatConfig | None = WECHAT, project: Path | None = None
+        database: str,
+        wechat: WeChatConfig | None = WECHAT,
+        project: Path | None = None,
+        serving: Assistant | None = None,
     ) -> LiveServer:
         port = _free_port()
         settings = ServeSettings(
             project=str(project or demo_project), database=database, port=port, wechat=wechat
         )
-        app = create_app(settings, assistant)
+        app = create_app(settings, serving or assistant)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
         )
