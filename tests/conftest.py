@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,9 @@ import yaml
 from filelock import FileLock
 
 from kefu.assistant.pipeline import Assistant
+from kefu.config import DataSource
 from kefu.console import settings
+from kefu.data.ingest import ingest
 from kefu.project import build, load_project
 from kefu.store.scratch import scratch_database
 
@@ -98,6 +101,32 @@ def kefu(
     return subprocess.run(
         command, input=stdin, capture_output=True, text=True, env=env, timeout=300
     )
+
+
+def write_chats(folder: Path, conversations: int = 80) -> Path:
+    """An ingested data folder (`folder`/data) of short bilingual support conversations, two
+    exchanges each, for training tiny chat models."""
+    lines = [
+        json.dumps(
+            {
+                "id": f"c{i}",
+                "messages": [
+                    {"role": "user", "content": f"Where is my card number {i}? 卡在哪里"},
+                    {
+                        "role": "assistant",
+                        "content": f"Your card {i} arrives in 5 days. 请耐心等待",
+                    },
+                    {"role": "user", "content": "thanks"},
+                    {"role": "assistant", "content": "You are welcome!"},
+                ],
+            },
+            ensure_ascii=False,
+        )
+        for i in range(conversations)
+    ]
+    (folder / "chats.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    ingest(DataSource(format="messages", inputs=[str(folder / "chats.jsonl")]), folder / "data")
+    return folder / "data"
 
 
 # -- the demo assistant, small ---------------------------------------------------------------

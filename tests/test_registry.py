@@ -217,3 +217,26 @@ def test_a_server_process_swaps_and_a_version_it_cannot_load_never_goes_live(
             time.sleep(0.2)
     finally:
         deployments.stop()
+
+
+def test_an_int8_generator_passes_the_gate_and_serves(
+    registry: Registry, demo_project: Path, tmp_path: Path, assistant: Assistant
+) -> None:
+    from kefu.assistant.policy import ConversationState
+    from kefu.compress.quantize import quantize_run
+
+    quantized = quantize_run(demo_project / "build" / "generator", "int8-dynamic", tmp_path / "q")
+    version, _ = registry.push("generator", quantized.path)
+    (built,) = [v for v in registry.versions("generator") if v.version == "v1"]  # fp32
+    assert abs(version.evaluation["value"] / built.evaluation["value"] - 1) < 0.02
+    deployments = Deployments(registry.config, registry.store)
+    deployments.start(preloaded=assistant)
+    try:
+        registry.promote("generator", version.version, wait_s=30)  # no --force: the gate passed
+        serving = deployments.serving.live
+        assert serving.versions["generator"] == version.version
+        turn = serving.turn("and what about fees?" * 30, [], ConversationState())
+        assert turn.route == "generator" and serving.engine.model is not assistant.engine.model
+        assert "".join(serving.generate(turn, serving.sampling(max_tokens=8))).strip()
+    finally:
+        deployments.stop()

@@ -94,6 +94,16 @@ class GPTConfig(StrictModel):
         return self.d_hidden or 64 * math.ceil(8 * self.d_model / 3 / 64)
 
 
+def check_room(context_length: int, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Raise a KefuError if a prompt and its reply may not fit a Transformer's context."""
+    if prompt_tokens + max_new_tokens > context_length:
+        raise KefuError(
+            f"a prompt of {prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the "
+            f"model's context of {context_length} tokens; shorten the prompt or ask for fewer "
+            "tokens"
+        )
+
+
 def rotary_tables(config: GPTConfig, length: int) -> tuple[Tensor, Tensor]:
     """cos and sin of every position × frequency, (length, head_dim), as Llama computes them."""
     half = torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim
@@ -364,13 +374,7 @@ class GPT(nn.Module):
         return SlotCache(self.config, slots, parameter.dtype, parameter.device)
 
     def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """Raise a KefuError if a prompt and its reply may not fit the context."""
-        if prompt_tokens + max_new_tokens > self.config.context_length:
-            raise KefuError(
-                f"a prompt of {prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the "
-                f"model's context of {self.config.context_length} tokens; shorten the prompt or "
-                "ask for fewer tokens"
-            )
+        check_room(self.config.context_length, prompt_tokens, max_new_tokens)
 
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[Tensor, KVCache]:

@@ -48,6 +48,7 @@ from kefu.config import StrictModel
 from kefu.console import quiet_transformers
 from kefu.errors import KefuError
 from kefu.files import replaced_folder, write_text_atomically
+from kefu.models.gpt import check_room
 from kefu.text.tokenizer import Rendered
 
 ARCH = "hf"
@@ -182,13 +183,7 @@ class HFCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """Raise a KefuError if a prompt and its reply may not fit the context."""
-        if prompt_tokens + max_new_tokens > self.config.context_length:
-            raise KefuError(
-                f"a prompt of {prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the "
-                f"model's context of {self.config.context_length} tokens; shorten the prompt or "
-                "ask for fewer tokens"
-            )
+        check_room(self.config.context_length, prompt_tokens, max_new_tokens)
 
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[Tensor, HFState]:

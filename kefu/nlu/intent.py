@@ -182,6 +182,14 @@ class IntentClassifier:
             predictions.append(Prediction(label, top[0][1], top))
         return predictions
 
+    def calibrate(self, features: Tensor | list[Tensor], gold: list[str], precision: float) -> None:
+        """Set the out-of-scope threshold: the lowest confidence at which the kept answers on
+        these (validation) features reach `precision`."""
+        predictions = self.predict_features(features, top_k=1)
+        confidence = torch.tensor([p.confidence for p in predictions])
+        correct = torch.tensor([p.top[0][0] == g for p, g in zip(predictions, gold, strict=True)])
+        self.threshold = calibrate_threshold(confidence, correct, precision)
+
     def save(self, run_dir: Path) -> None:
         from kefu.models.checkpoint import save_described
 
@@ -517,12 +525,7 @@ def train_intent(
         valid_features = None if not valid_texts else [t.valid_features for t in trained]
     classifier = IntentClassifier(featurize, network, labels, 0.0, description)
     if valid_features is not None:
-        predictions = classifier.predict_features(valid_features, top_k=1)
-        confidence = torch.tensor([p.confidence for p in predictions])
-        correct = torch.tensor(
-            [p.top[0][0] == g for p, g in zip(predictions, valid_gold, strict=True)]
-        )
-        classifier.threshold = calibrate_threshold(confidence, correct, recipe.precision)
+        classifier.calibrate(valid_features, valid_gold, recipe.precision)
     classifier.save(run_dir)
     return classifier, {
         "labels": len(labels),

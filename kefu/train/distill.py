@@ -393,7 +393,6 @@ def distill_intent(
     Returns:
         The comparison written to distill.json (accuracy on the test split, else valid).
     """
-    from kefu.eval.calibration import calibrate_threshold
     from kefu.nlu.intent import (
         INTENT_MODELS,
         Examples,
@@ -462,12 +461,7 @@ def distill_intent(
         featurize, network.cpu(), labels, 0.0, {**description, "distilled_from": record}
     )
     if valid_features is not None:
-        predictions = classifier.predict_features(valid_features, top_k=1)
-        confidence = torch.tensor([p.confidence for p in predictions])
-        correct = torch.tensor(
-            [p.top[0][0] == g for p, g in zip(predictions, valid_gold, strict=True)]
-        )
-        classifier.threshold = calibrate_threshold(confidence, correct, recipe.precision)
+        classifier.calibrate(valid_features, valid_gold, recipe.precision)
     classifier.save(run_dir)
     split = "test"
     test_texts, test_gold = load_examples(data_dir, split)

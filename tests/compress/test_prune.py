@@ -3,7 +3,6 @@ loading, exporting and generating, recovery, and the command as a user runs it."
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -24,8 +23,7 @@ from kefu.compress.prune import (
     structured_prune,
     zero_share,
 )
-from kefu.config import DataSource, validate
-from kefu.data.ingest import ingest
+from kefu.config import validate
 from kefu.errors import KefuError
 from kefu.infer.engine import GenerationEngine
 from kefu.infer.generate import SamplingConfig, generate
@@ -35,7 +33,7 @@ from kefu.models.hf_export import export_hf
 from kefu.models.lstm import LSTMConfig, RecurrentLM
 from kefu.train.recipe import TrainRecipe
 from kefu.train.run import run_training
-from tests.conftest import kefu
+from tests.conftest import kefu, write_chats
 
 
 def random_gpt(n_kv_head: int | None, tie: bool = True) -> GPT:
@@ -62,28 +60,7 @@ def random_gpt(n_kv_head: int | None, tie: bool = True) -> GPT:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("chats")
-    lines = [
-        json.dumps(
-            {
-                "id": f"c{i}",
-                "messages": [
-                    {"role": "user", "content": f"Where is my card number {i}? 卡在哪里"},
-                    {
-                        "role": "assistant",
-                        "content": f"Your card {i} arrives in 5 days. 请耐心等待",
-                    },
-                    {"role": "user", "content": "thanks"},
-                    {"role": "assistant", "content": "You are welcome!"},
-                ],
-            },
-            ensure_ascii=False,
-        )
-        for i in range(80)
-    ]
-    (folder / "chats.jsonl").write_text("\n".join(lines), encoding="utf-8")
-    ingest(DataSource(format="messages", inputs=[str(folder / "chats.jsonl")]), folder / "data")
-    return folder / "data"
+    return write_chats(tmp_path_factory.mktemp("chats"))
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kefu.config import DataSource
-from kefu.data.ingest import ingest
-from tests.conftest import kefu
+from tests.conftest import kefu, write_chats
 
 TINY_RECIPE = """kind: train
 task: {task}
@@ -24,27 +22,7 @@ train: {{max_steps: 6, batch_size: 4, warmup_steps: 2, eval_every: 3, eval_batch
 @pytest.fixture(scope="module")
 def chats(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("chats")
-    lines = []
-    for i in range(80):
-        lines.append(
-            json.dumps(
-                {
-                    "id": f"c{i}",
-                    "messages": [
-                        {"role": "user", "content": f"Where is my card number {i}? 卡在哪里"},
-                        {
-                            "role": "assistant",
-                            "content": f"Your card {i} arrives in 5 days. 请耐心等待",
-                        },
-                        {"role": "user", "content": "thanks"},
-                        {"role": "assistant", "content": "You are welcome!"},
-                    ],
-                },
-                ensure_ascii=False,
-            )
-        )
-    (folder / "chats.jsonl").write_text("\n".join(lines), encoding="utf-8")
-    ingest(DataSource(format="messages", inputs=[str(folder / "chats.jsonl")]), folder / "data")
+    write_chats(folder)
     return folder
 
 
