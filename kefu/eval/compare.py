@@ -62,6 +62,7 @@ NOT_THE_MODEL = frozenset(
         "loss.png",
         "confusion.png",
         "distill.json",
+        "distill.md",
     }
 )
 BATCH = 16  # the batch of the throughput figure

@@ -139,8 +139,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"The student is {summary['speedup']:.1f}× as fast as the teacher and keeps "
-        f"{100 * summary['quality_kept']:.1f}% of its {quality}.",
+        f"The student is {summary['speedup']:.1f}× as fast as the teacher; {kept_text(summary)}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -477,13 +476,21 @@ def distill_intent(
     return summary
 
 
+def kept_text(summary: dict[str, Any]) -> str:
+    """How the student's quality compares, in the words its metric needs."""
+    if summary["quality"] == "accuracy":
+        return f"it keeps {100 * summary['quality_kept']:.1f}% of the teacher's accuracy"
+    ratio = summary["student"]["quality"] / summary["teacher"]["quality"]
+    return f"its perplexity is {ratio:.2f}× the teacher's (lower is better)"
+
+
 def distilled_quality(summary: dict[str, Any]) -> str:
     """One line for the command: the student's quality and speed against the teacher's."""
     q, t, s = summary["quality"], summary["teacher"], summary["student"]
     value = (lambda x: f"{100 * x:.2f}%") if q == "accuracy" else (lambda x: f"{x:.2f}")
     return (
         f"{q} on {summary['split']}: student {value(s['quality'])} vs teacher "
-        f"{value(t['quality'])} ({100 * summary['quality_kept']:.1f}% kept); "
+        f"{value(t['quality'])} ({kept_text(summary)}); "
         f"{summary['speed']}: student {s['latency_ms']:.2f} vs teacher {t['latency_ms']:.2f} "
         f"({summary['speedup']:.1f}× as fast)"
     )
