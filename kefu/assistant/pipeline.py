@@ -537,9 +537,8 @@ class Assistant:
         while True:
             with UNBATCHED_GENERATION:
                 # Replies of several adapters take turns on one base: each step sets its own.
-                wanted = turn.adapter or model.default_adapter
-                if switching and model.active_adapter != wanted:
-                    model.use_adapter(wanted)
+                if switching and model.active_adapter != (turn.adapter or model.default_adapter):
+                    model.use_adapter(turn.adapter or model.default_adapter)
                 piece = next(pieces, None)
             if piece is None:
                 return

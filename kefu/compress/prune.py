@@ -332,8 +332,8 @@ def recover(
     pruned_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
     parameters = dict(model.named_parameters())
     hooks = [
-        parameters[name].register_hook(lambda grad, keep=keep: grad * keep.to(grad.device))
-        for name, keep in masks.items()
+        parameters[name].register_hook(lambda grad, keep=keep: grad * keep)
+        for name, keep in ((name, keep.to(device)) for name, keep in masks.items())
     ]
     best = BestWeights()
     try:

@@ -388,6 +388,8 @@ def quantize_run(run_dir: str | Path, method: str, out_dir: str | Path) -> Quant
         raise KefuError(
             f"{run_dir}: int8 quantization supports gpt and lstm runs, not {config['arch']!r}"
         )
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise KefuError(f"{out_dir} already exists and is not empty; choose a new --out folder")
     run = load_run(run_dir)
     stored = quantize(run.model, method)
     with replaced_folder(out_dir) as staging:

@@ -164,4 +164,7 @@ def weights_file(run_dir: str | Path) -> Path:
     for name in (WEIGHTS, "adapter/adapter_model.safetensors", "model/model.safetensors"):
         if (run_dir / name).is_file():
             return run_dir / name
-    raise KefuError(f"{run_dir}: no {WEIGHTS} here; the run did not finish saving")
+    raise KefuError(
+        f"{run_dir}: no weights here ({WEIGHTS}, or an hf run's adapter/ or model/); the run did "
+        "not finish saving"
+    )

@@ -253,6 +253,12 @@ def distill_generator(
     check_settings(temperature, alpha)
     device = resolve_device(recipe.train.device)
     teacher = load_run(teacher_dir, device=device)
+    if teacher.arch == "hf":
+        raise KefuError(
+            f"{teacher_dir} is a Hugging Face model; a kefu student (gpt or lstm) cannot use its "
+            "tokenizer yet. Distil from a kefu run, or fine-tune a smaller Hugging Face model "
+            "with `kefu train chat --base`"
+        )
     tokenizer = teacher.tokenizer
     if recipe.tokenizer:
         check_same_tokenizer(

@@ -126,3 +126,29 @@ def test_a_prompt_of_a_tiny_message_with_no_room_still_ends(assistant) -> None:
     finally:
         settings.system = original
     assert len(prompt) <= assistant.context_length() - settings.max_new_tokens
+
+
+def test_an_lstm_generator_answers_one_reply_at_a_time(assistant) -> None:
+    """An LSTM generator has no engine: its replies take turns behind the generation lock, and
+    equal what `generate` gives the same prompt."""
+    import torch
+
+    from kefu.assistant.pipeline import Assistant
+    from kefu.infer.generate import generate
+    from kefu.models.checkpoint import LoadedRun
+    from kefu.models.lstm import LSTMConfig, RecurrentLM
+
+    tokenizer = assistant.generator.tokenizer
+    torch.manual_seed(0)
+    model = RecurrentLM(LSTMConfig(vocab_size=tokenizer.vocab_size, d_embed=32, d_hidden=32))
+    run = LoadedRun(assistant.generator.path, "lstm", model.eval(), tokenizer, {})
+    lstm = Assistant.assemble(assistant.config, {"generator": run}, {"generator": "lstm-test"})
+    assert lstm.engine is None and lstm.context_length() is None
+    turn = lstm.turn("and what about fees?", [], ConversationState())
+    assert turn.route == "generator"
+    sampling = lstm.sampling(temperature=0.0, max_tokens=8)
+    with ThreadPoolExecutor(2) as pool:  # two replies at once, interleaved piece by piece
+        replies = list(pool.map(lambda _: "".join(lstm.generate(turn, sampling)), range(2)))
+    (alone,) = generate(model, tokenizer, [turn.prompt], sampling)
+    expected = alone.text if alone.text.strip() else lstm.config.assistant.no_answer["en"]
+    assert replies == [expected, expected]
