@@ -308,10 +308,13 @@ def distill_generator(
         )
         write_text_atomically(path, text)
 
+    autocast = recipe.train.precision == "bf16"
+
     def objective(logits: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
-        with torch.no_grad():
+        # The teacher runs in the student's precision: in bf16 it is most of a step's work.
+        with torch.no_grad(), torch.autocast(inputs.device.type, torch.bfloat16, autocast):
             guide = teacher.model(inputs)
-        return distillation_loss(logits, guide, targets, temperature, alpha)
+        return distillation_loss(logits, guide.float(), targets, temperature, alpha)
 
     note(
         f"distilling {teacher.arch} {teacher_dir} ({parameter_count(teacher.model):,} parameters) "
