@@ -127,16 +127,17 @@ def load_run(
         arch: the architecture the caller expects; a run of another one is a clear error.
     """
     run_dir = Path(run_dir)
-    if arch in (None, "hf"):  # Hugging Face: an hf run (kefu.models.hf) or a plain model folder
-        from kefu.models.hf import is_hf_folder, load_hf_run
+    from kefu.models.hf import is_hf_folder, load_hf_run
 
-        if is_hf_folder(run_dir) or read_run_config(run_dir)["arch"] == "hf":
-            return load_hf_run(run_dir, device)
+    if arch in (None, "hf") and is_hf_folder(run_dir):  # a plain Hugging Face model folder
+        return load_hf_run(run_dir, device)
     config = read_run_config(run_dir)
     if arch is not None and config["arch"] != arch:
         raise KefuError(
             f"{run_dir} holds a {config['arch']!r} model, not {arch!r}; pick a run of the right architecture"
         )
+    if config["arch"] == "hf":  # a run of kefu.models.hf: fine-tuned, LoRA or merged
+        return load_hf_run(run_dir, device)
     model = build_model(config["arch"], model_config(config["arch"], config["model"]))
     if "quantized" in config:  # from `kefu compress quantize`: int8 tensors, its own layout
         from kefu.compress.quantize import load_quantized
@@ -160,10 +161,12 @@ def load_run(
 
 def weights_file(run_dir: str | Path) -> Path:
     """The file holding a run's weights: model.safetensors, or an hf run's adapter or model."""
+    from kefu.models.hf import MODEL, adapter_weights
+
     run_dir = Path(run_dir)
-    for name in (WEIGHTS, "adapter/adapter_model.safetensors", "model/model.safetensors"):
-        if (run_dir / name).is_file():
-            return run_dir / name
+    for path in (run_dir / WEIGHTS, adapter_weights(run_dir), run_dir / MODEL / WEIGHTS):
+        if path.is_file():
+            return path
     raise KefuError(
         f"{run_dir}: no weights here ({WEIGHTS}, or an hf run's adapter/ or model/); the run did "
         "not finish saving"

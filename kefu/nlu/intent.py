@@ -509,7 +509,7 @@ def train_intent(
     )
     models = [recipe, *recipe.ensemble]
     trained = [
-        _train_model(
+        train_model(
             examples, run_dir / f"member{n}" if len(models) > 1 else run_dir, model, encoder
         )
         for n, model in enumerate(models)
@@ -545,10 +545,20 @@ class TrainedModel:
     valid_features: Tensor | None  # None: the data has no validation split
 
 
-def _train_model(
-    examples: Examples, run_dir: Path, recipe: IntentModelRecipe, encoder: Any
+def train_model(
+    examples: Examples,
+    run_dir: Path,
+    recipe: IntentModelRecipe,
+    encoder: Any,
+    objective: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> TrainedModel:
-    """One model trained by the loop, its best validation checkpoint kept."""
+    """One model trained by the loop, its best validation checkpoint kept.
+
+    Args:
+        objective: the training loss instead of cross-entropy (kefu.train.loop). Its targets
+            are then each batch's row numbers in `examples.texts`, to look up what it needs
+            (distillation: the teacher's soft labels).
+    """
     from kefu.train.loop import BestWeights, train
 
     config = recipe.train
@@ -559,7 +569,8 @@ def _train_model(
     features = featurize(examples.texts)
     # A fine-tuned encoder reads ids and masks: batching texts of similar length saves padding.
     lengths = features[:, 1].sum(1) if recipe.model == "finetune" else None
-    train_data = FeatureBatches(features, torch.tensor(examples.targets), config.seed, lengths)
+    targets = torch.arange(len(features)) if objective else torch.tensor(examples.targets)
+    train_data = FeatureBatches(features, targets, config.seed, lengths)
     valid_features = featurize(examples.valid_texts) if examples.valid_texts else None
     valid_data = None
     if valid_features is not None:
@@ -567,7 +578,7 @@ def _train_model(
             valid_features, torch.tensor(examples.valid_targets), config.seed
         )
     best = BestWeights()
-    train(network, train_data, valid_data, config, run_dir, best)
+    train(network, train_data, valid_data, config, run_dir, best, objective=objective)
     best.restore(network)
     if recipe.lora:
         from kefu.models.lora import merge_lora

@@ -42,7 +42,7 @@ from kefu.console import note
 from kefu.errors import KefuError
 from kefu.files import write_text_atomically
 from kefu.text.tokenizer import ChatTokenizer
-from kefu.train.loop import IGNORE, BestWeights, Distributed, resolve_device, train
+from kefu.train.loop import IGNORE, Distributed, resolve_device, train
 
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
@@ -402,13 +402,12 @@ def distill_intent(
         The comparison written to distill.json (accuracy on the test split, else valid).
     """
     from kefu.nlu.intent import (
-        INTENT_MODELS,
         Examples,
-        FeatureBatches,
         IntentClassifier,
         check_labels,
         load_classifier,
         load_examples,
+        train_model,
     )
 
     check_settings(temperature, alpha)
@@ -436,40 +435,23 @@ def distill_intent(
     examples = Examples(
         texts, hard.tolist(), valid_texts, [index[g] for g in valid_gold], len(labels)
     )
-    config = recipe.train
-    torch.manual_seed(config.seed)
-    featurize, network, description = INTENT_MODELS[recipe.model](
-        examples, run_dir, recipe, encoder
-    )
-    features = featurize(texts)
-    lengths = features[:, 1].sum(1) if recipe.model == "finetune" else None
-    # The targets are row numbers: the objective looks up each row's soft and gold labels.
-    train_data = FeatureBatches(features, torch.arange(len(texts)), config.seed, lengths)
-    valid_features = featurize(valid_texts) if valid_texts else None
-    valid_data = None
-    if valid_features is not None:
-        valid_data = FeatureBatches(
-            valid_features, torch.tensor(examples.valid_targets), config.seed
-        )
 
     def objective(logits: Tensor, inputs: Tensor, rows: Tensor) -> Tensor:
         rows = rows.cpu()
         guide, target = soft[rows].to(logits.device), hard[rows].to(logits.device)
         return distillation_loss(logits, guide, target, temperature, alpha)
 
-    best = BestWeights()
-    train(network, train_data, valid_data, config, run_dir, best, objective=objective)
-    best.restore(network)
-    if recipe.lora:
-        from kefu.models.lora import merge_lora
-
-        merge_lora(network)
+    trained = train_model(examples, run_dir, recipe, encoder, objective)
     record = _record({"teacher": str(teacher_dir), "kind": "intent"}, temperature, alpha)
     classifier = IntentClassifier(
-        featurize, network.cpu(), labels, 0.0, {**description, "distilled_from": record}
+        trained.featurize,
+        trained.network,
+        labels,
+        0.0,
+        {**trained.description, "distilled_from": record},
     )
-    if valid_features is not None:
-        classifier.calibrate(valid_features, valid_gold, recipe.precision)
+    if trained.valid_features is not None:
+        classifier.calibrate(trained.valid_features, valid_gold, recipe.precision)
     classifier.save(run_dir)
     split = "test"
     test_texts, test_gold = load_examples(data_dir, split)

@@ -23,17 +23,9 @@ from kefu.models.gpt import GPT, GPTConfig
 from kefu.models.lstm import LSTMConfig, RecurrentLM
 from kefu.text.tokenizer import ChatTokenizer, train_tokenizer
 from tests.conftest import kefu
+from tests.infer.conftest import CORPUS
 
-TEXTS = [
-    "Hello, I lost my card yesterday. Can you freeze it?",
-    "Sure, I have frozen your card. A new one arrives in 5-7 business days.",
-    "How do I reset my password?",
-    "Tap 'Forgot password' on the login page and follow the steps.",
-    "我的银行卡丢了，怎么办？",
-    "您好，已为您冻结银行卡，新卡将在5到7个工作日内寄到。",
-    "转账失败了，钱什么时候退回？",
-    "一般在1到3个工作日内退回原账户。",
-]
+TEXTS = CORPUS[:8]  # four support exchanges, English and Chinese
 CHATS = [
     [{"role": "user", "content": TEXTS[i]}, {"role": "assistant", "content": TEXTS[i + 1]}]
     for i in range(0, len(TEXTS), 2)
